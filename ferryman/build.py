@@ -1,0 +1,132 @@
+"""Turn a validated :class:`Config` into the objects that serve requests.
+
+Everything a request needs that does not depend on the request is made here once: upstream
+groups, compiled routes with their handlers and filter chains, host tables per listener.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+
+from ferryman.config.schema import AccessLog as AccessLogConfig
+from ferryman.config.schema import Config, PluginRef, Route, Server
+from ferryman.filters.access_log import AccessLog
+from ferryman.filters.base import Filter, FilterChain
+from ferryman.filters.forwarded import ForwardedHeaders
+from ferryman.filters.headers import RequestHeaders, ResponseHeaders
+from ferryman.proxy.forward import ProxyRoute
+from ferryman.proxy.simple import Redirect, Respond
+from ferryman.routing.rewrite import compile_rewrite
+from ferryman.routing.table import CompiledRoute, HostTable, VirtualHost
+from ferryman.upstream.group import UpstreamGroup, single_peer_group
+
+
+class BuildError(Exception):
+    """A config that validates but cannot be built (a plugin that does not import, ...)."""
+
+
+class Runtime:
+    """The serving objects of one config: listeners' host tables and upstream groups."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.groups = {name: UpstreamGroup(name, up) for name, up in config.upstreams.items()}
+        self.hosts: dict[str, HostTable] = {}
+        per_address: dict[str, list[tuple[VirtualHost, bool]]] = {}
+        for si, server in enumerate(config.servers):
+            vhost = self._vhost(si, server)
+            for address in server.listen:
+                per_address.setdefault(address, []).append((vhost, server.default))
+        for address, vhosts in per_address.items():
+            self.hosts[address] = HostTable(vhosts)
+
+    def _vhost(self, si: int, server: Server) -> VirtualHost:
+        access = server.access_log or self.config.log.access
+        server_filters = self._server_filters(server, access)
+        routes = [
+            self._route(si, ri, server, route, server_filters)
+            for ri, route in enumerate(server.routes)
+        ]
+        return VirtualHost(
+            server.server_names, routes, FilterChain(server_filters), server.error_format
+        )
+
+    def _server_filters(self, server: Server, access: AccessLogConfig) -> list[Filter]:
+        filters: list[Filter] = []
+        if access.enabled:
+            filters.append(AccessLog(access))
+        if server.response_headers is not None:
+            filters.append(ResponseHeaders(server.response_headers))
+        if server.request_headers is not None:
+            filters.append(RequestHeaders(server.request_headers))
+        filters += [load_plugin(p, f"servers[{server.listen[0]}]") for p in server.plugins]
+        return filters
+
+    def _route(
+        self, si: int, ri: int, server: Server, route: Route, server_filters: Sequence[Filter]
+    ) -> CompiledRoute:
+        where = f"servers.{si}.routes.{ri}"
+        filters = list(server_filters)
+        if route.proxy is not None and route.proxy.x_forwarded:
+            filters.append(ForwardedHeaders(self.config.trusted_proxies, route.proxy.forwarded))
+        if route.request_headers is not None:
+            filters.append(RequestHeaders(route.request_headers))
+        if route.response_headers is not None:
+            filters.append(ResponseHeaders(route.response_headers))
+        filters += [load_plugin(p, where) for p in route.plugins]
+        chain = FilterChain(filters)
+        handler: object
+        if route.proxy is not None:
+            if route.proxy.upstream is not None:
+                group = self.groups[route.proxy.upstream]
+            else:
+                assert route.proxy.url is not None
+                address = route.proxy.url.split("://", 1)[1].rstrip("/")
+                if ":" not in address.rsplit("]", 1)[-1]:
+                    address += ":80"
+                group = self.groups.setdefault(
+                    f"url:{address}", single_peer_group(route.proxy.url, address)
+                )
+            handler = ProxyRoute(route.proxy, group, chain)
+        elif route.respond is not None:
+            handler = Respond(route.respond)
+        else:
+            assert route.redirect is not None
+            handler = Redirect(route.redirect)
+        rewrite = None
+        if route.rewrite is not None:
+            try:
+                rewrite = compile_rewrite(route.rewrite, route.path, route.match)
+            except ValueError as e:
+                raise BuildError(f"{where}.rewrite: {e}") from None
+        max_body = route.max_body_size
+        if max_body is None:
+            max_body = self.config.limits.max_body_size
+        return CompiledRoute(
+            f"{where}:{route.path}",
+            route.path,
+            route.match,
+            handler,
+            chain,
+            rewrite,
+            route.methods,
+            max_body,
+            route.access_log,
+            route,
+        )
+
+
+def load_plugin(ref: PluginRef, where: str) -> Filter:
+    module_name, _, class_name = ref.use.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        cls = getattr(module, class_name)
+    except (ImportError, AttributeError) as e:
+        raise BuildError(f"{where}.plugins: cannot load {ref.use}: {e}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Filter)):
+        raise BuildError(f"{where}.plugins: {ref.use} is not a ferryman Filter subclass")
+    try:
+        return cls(ref.options)
+    except Exception as e:
+        raise BuildError(f"{where}.plugins: {ref.use} refused its options: {e}") from None

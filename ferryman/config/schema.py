@@ -1,0 +1,309 @@
+"""The configuration schema: what a Ferryman YAML file may say, as frozen typed models.
+
+Every knob has a default here and a line in ``docs/configuration.md``. Validation that needs
+more than one field (a route with two handlers, a proxy naming an unknown upstream) lives in
+the model validators so that errors point at the key that is wrong.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from ferryman.config.units import parse_duration, parse_size
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, int]:
+    """``127.0.0.1:80``, ``[::1]:80``, ``localhost:80`` or ``:80`` into (host, port)."""
+    value = value.strip()
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep:
+            raise ValueError(f"{value!r}: unclosed '[' in IPv6 address")
+        port_s = rest[1:] if rest.startswith(":") else ""
+    elif value.count(":") == 1:
+        host, _, port_s = value.partition(":")
+    elif value.count(":") > 1:
+        raise ValueError(f"{value!r}: write IPv6 addresses as [addr]:port")
+    else:
+        host, port_s = value, ""
+    if not port_s:
+        if default_port is None:
+            raise ValueError(f"{value!r} needs a port, such as 127.0.0.1:8080")
+        port = default_port
+    else:
+        try:
+            port = int(port_s)
+        except ValueError:
+            raise ValueError(f"{value!r}: port {port_s!r} is not a number") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"{value!r}: port must be 1-65535")
+    return host or "0.0.0.0", port
+
+
+class HeaderEdits(Model):
+    """Header changes: ``set`` replaces, ``add`` appends, ``remove`` deletes (by name)."""
+
+    set: dict[str, str] = Field(default_factory=dict)
+    add: dict[str, str] = Field(default_factory=dict)
+    remove: list[str] = Field(default_factory=list)
+    # Like nginx ``add_header ... always``: also on 4xx/5xx and on Ferryman's own errors.
+    always: bool = True
+
+
+class UpstreamServer(Model):
+    address: str
+    weight: int = Field(default=1, ge=1, le=1000)
+    backup: bool = False
+    max_fails: int = Field(default=1, ge=0)
+    fail_timeout: Duration = 10.0
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        parse_hostport(v)
+        return v
+
+
+class Retry(Model):
+    tries: int = Field(default=3, ge=1, le=20)
+    timeout: Duration = 0.0  # total time for all tries; 0 = unbounded
+    on: list[Literal["error", "timeout", "http_500", "http_502", "http_503", "http_504"]] = Field(
+        default_factory=lambda: ["error", "timeout"]
+    )
+    # Replay POST/PATCH/... after their body went out (nginx: non_idempotent). Off: safe.
+    non_idempotent: bool = False
+
+
+class Upstream(Model):
+    servers: list[UpstreamServer] = Field(min_length=1)
+    balance: Literal["round_robin", "least_conn", "hash", "random_two"] = "round_robin"
+    # For ``balance: hash``: ``remote_addr``, ``uri``, ``header:NAME`` or ``cookie:NAME``.
+    hash_key: str = "remote_addr"
+    keepalive: int = Field(default=32, ge=0)
+    keepalive_timeout: Duration = 60.0
+    keepalive_requests: int = Field(default=1000, ge=1)
+    retry: Retry = Retry()
+
+    @field_validator("hash_key")
+    @classmethod
+    def _hash_key(cls, v: str) -> str:
+        if v in ("remote_addr", "uri") or re.match(r"^(header|cookie):[!-~]+$", v):
+            return v
+        raise ValueError("hash_key is remote_addr, uri, header:NAME or cookie:NAME")
+
+    @model_validator(mode="after")
+    def _has_primary(self) -> Upstream:
+        if all(s.backup for s in self.servers):
+            raise ValueError("an upstream needs at least one server that is not a backup")
+        return self
+
+
+class Timeouts(Model):
+    connect: Duration = 60.0
+    send: Duration = 60.0
+    read: Duration = 60.0
+
+
+class WebSocket(Model):
+    enabled: bool = True
+    idle_timeout: Duration = 3600.0
+
+
+class ProxyHandler(Model):
+    upstream: str | None = None
+    url: str | None = None
+    # ``pass`` keeps the client's Host; ``upstream`` uses the peer's host:port
+    # (http-proxy's changeOrigin); any other value is sent as is.
+    host: str = "pass"
+    timeouts: Timeouts = Timeouts()
+    websocket: WebSocket = WebSocket()
+    # Add RFC 7239 ``Forwarded`` besides the X-Forwarded-* family.
+    forwarded: bool = False
+    x_forwarded: bool = True
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ProxyHandler:
+        if (self.upstream is None) == (self.url is None):
+            raise ValueError("proxy needs exactly one of 'upstream' or 'url'")
+        if self.url is not None and not re.match(r"^http://[^/]+/?$", self.url):
+            raise ValueError("url must look like http://host:port")
+        return self
+
+
+class RespondHandler(Model):
+    status: int = Field(default=200, ge=100, le=599)
+    body: str = ""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class RedirectHandler(Model):
+    # ``$scheme``, ``$host``, ``$request_uri``, ``$uri``, ``$args`` are expanded per request.
+    to: str
+    status: Literal[301, 302, 303, 307, 308] = 301
+
+
+class Rewrite(Model):
+    """Path rewrite before proxying: ``strip_prefix``, ``replace_prefix`` or ``regex``."""
+
+    strip_prefix: bool = False
+    replace_prefix: str | None = None
+    regex: str | None = None
+    replacement: str = ""
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Rewrite:
+        kinds = sum([self.strip_prefix, self.replace_prefix is not None, self.regex is not None])
+        if kinds != 1:
+            raise ValueError("rewrite needs exactly one of strip_prefix, replace_prefix, regex")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as e:
+                raise ValueError(f"bad regex: {e}") from None
+        return self
+
+
+class AccessLog(Model):
+    enabled: bool = True
+    # ``combined``, ``json``, or a template of ``$variables`` such as ``$method $uri $status``.
+    format: str = "combined"
+    path: str = "stdout"
+
+
+class PluginRef(Model):
+    """A filter class ``package.module:ClassName`` and the options given to its constructor."""
+
+    use: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("use")
+    @classmethod
+    def _use(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", v):
+            raise ValueError("plugin 'use' must look like package.module:ClassName")
+        return v
+
+
+class Route(Model):
+    path: str = "/"
+    match: Literal["prefix", "exact", "regex"] = "prefix"
+    methods: list[str] | None = None
+    rewrite: Rewrite | None = None
+    proxy: ProxyHandler | None = None
+    respond: RespondHandler | None = None
+    redirect: RedirectHandler | None = None
+    request_headers: HeaderEdits | None = None
+    response_headers: HeaderEdits | None = None
+    access_log: bool = True
+    max_body_size: Size | None = None
+    plugins: list[PluginRef] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_handler(self) -> Route:
+        handlers = [h for h in (self.proxy, self.respond, self.redirect) if h is not None]
+        if len(handlers) != 1:
+            raise ValueError("a route needs exactly one handler: proxy, respond or redirect")
+        if self.match == "regex":
+            try:
+                re.compile(self.path)
+            except re.error as e:
+                raise ValueError(f"bad regex in path: {e}") from None
+        elif not self.path.startswith("/"):
+            raise ValueError("path must start with '/'")
+        return self
+
+
+class Server(Model):
+    listen: list[str] = Field(min_length=1)
+    server_names: list[str] = Field(default_factory=list)
+    default: bool = False
+    routes: list[Route] = Field(default_factory=list)
+    response_headers: HeaderEdits | None = None
+    request_headers: HeaderEdits | None = None
+    plugins: list[PluginRef] = Field(default_factory=list)
+    # Body of Ferryman's own errors (404 no route, 502, 504): ``json`` or ``html``.
+    error_format: Literal["json", "html"] = "json"
+    access_log: AccessLog | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: list[str]) -> list[str]:
+        for item in v:
+            parse_hostport(item)
+        return v
+
+
+class Limits(Model):
+    max_request_line: Size = 8192
+    max_header_size: Size = 32768
+    max_headers: int = 100
+    max_body_size: Size = 1 << 20
+    max_connections: int = 10000
+    client_header_timeout: Duration = 60.0
+    client_body_timeout: Duration = 60.0
+    keepalive_timeout: Duration = 75.0
+    keepalive_requests: int = 1000
+
+
+class Log(Model):
+    access: AccessLog = AccessLog()
+    # Error log level: debug, info, warning, error.
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    error_path: str = "stderr"
+
+
+class Config(Model):
+    workers: int | Literal["auto"] = "auto"
+    shutdown_timeout: Duration = 30.0
+    # Proxies whose X-Forwarded-For / X-Real-IP we believe (addresses or CIDR networks).
+    trusted_proxies: list[str] = Field(default_factory=list)
+    limits: Limits = Limits()
+    log: Log = Log()
+    upstreams: dict[str, Upstream] = Field(default_factory=dict)
+    servers: list[Server] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _nets(cls, v: list[str]) -> list[str]:
+        for item in v:
+            ipaddress.ip_network(item, strict=False)
+        return v
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        for si, server in enumerate(self.servers):
+            for ri, route in enumerate(server.routes):
+                up = route.proxy.upstream if route.proxy else None
+                if up is not None and up not in self.upstreams:
+                    raise LocatedError(
+                        ("servers", si, "routes", ri, "proxy", "upstream"),
+                        f"unknown upstream {up!r}",
+                    )
+        return self
+
+
+class LocatedError(ValueError):
+    """A cross-field error that knows which key it is about."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc

@@ -1,0 +1,70 @@
+"""Header lists and the rules about which headers cross a proxy.
+
+Headers are kept as a list of ``(name, value)`` byte pairs with lower-case names, the shape
+HTTP/2 uses on the wire, so the pipeline does not care which protocol a request came in on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+HeaderList = list[tuple[bytes, bytes]]
+
+# RFC 9110 7.6.1, plus the legacy ones every proxy strips.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+
+def get(headers: HeaderList, name: bytes) -> bytes | None:
+    """The first value of ``name`` (lower case), or None."""
+    for k, v in headers:
+        if k == name:
+            return v
+    return None
+
+
+def get_all(headers: HeaderList, name: bytes) -> list[bytes]:
+    return [v for k, v in headers if k == name]
+
+
+def remove(headers: HeaderList, names: Iterable[bytes]) -> None:
+    drop = set(names)
+    headers[:] = [(k, v) for k, v in headers if k not in drop]
+
+
+def set_(headers: HeaderList, name: bytes, value: bytes) -> None:
+    """Replace every ``name`` with one ``value`` (in place of the first one, if any)."""
+    for i, (k, _) in enumerate(headers):
+        if k == name:
+            headers[i] = (name, value)
+            headers[i + 1 :] = [(k2, v2) for k2, v2 in headers[i + 1 :] if k2 != name]
+            return
+    headers.append((name, value))
+
+
+def connection_tokens(headers: HeaderList) -> set[bytes]:
+    tokens: set[bytes] = set()
+    for k, v in headers:
+        if k == b"connection":
+            tokens.update(t.strip().lower() for t in v.split(b",") if t.strip())
+    return tokens
+
+
+def strip_hop_by_hop(headers: HeaderList) -> HeaderList:
+    """A copy without hop-by-hop headers, including those the Connection header names."""
+    tokens = connection_tokens(headers)
+    if tokens:
+        drop = HOP_BY_HOP | tokens
+        return [(k, v) for k, v in headers if k not in drop]
+    return [(k, v) for k, v in headers if k not in HOP_BY_HOP]

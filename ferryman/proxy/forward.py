@@ -1,0 +1,466 @@
+"""The ``proxy`` handler: forwards one request to an upstream group and streams the answer.
+
+Theory of operation. A :class:`ProxyExchange` lives for one client request. It asks the group
+for a peer, borrows an idle connection from the pool or opens one, writes the request head
+and the body as it arrives, and relays the response to the :class:`Downstream` as the
+upstream parser produces it. Backpressure is explicit both ways: a client that reads slowly
+pauses the upstream socket, an upstream that reads slowly pauses the client socket.
+
+Failures before any response byte reached the client are retried on the next peer when the
+group's policy allows and the request can be replayed: its body is kept only up to
+:data:`REPLAY_LIMIT`, and a non-idempotent request that was already sent is never replayed
+unless ``retry.non_idempotent`` says so. Once the response has started, a failure aborts the
+client connection, so a truncated body is never passed off as whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from ferryman.config.schema import ProxyHandler
+from ferryman.context import RequestContext
+from ferryman.filters.base import FilterChain
+from ferryman.http.h1 import LAST_CHUNK, ResponseHead, chunk, request_head
+from ferryman.http.headers import HOP_BY_HOP, HeaderList, connection_tokens, get
+from ferryman.proxy.api import Downstream, Exchange
+from ferryman.proxy.tunnel import Splice
+from ferryman.server.tasks import spawn
+from ferryman.upstream.connection import UpstreamConnection
+from ferryman.upstream.group import IDEMPOTENT, UpstreamGroup
+from ferryman.upstream.peer import Peer
+
+log = logging.getLogger("ferryman.proxy")
+
+REPLAY_LIMIT = 256 * 1024
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+class ProxyRoute:
+    """The handler object of a ``proxy`` route, built once at config load."""
+
+    def __init__(self, config: ProxyHandler, group: UpstreamGroup, chain: FilterChain) -> None:
+        self.config = config
+        self.group = group
+        self.chain = chain
+        self.connect_timeout = config.timeouts.connect
+        self.send_timeout = config.timeouts.send
+        self.read_timeout = config.timeouts.read
+        self.websocket = config.websocket.enabled
+        self.ws_idle_timeout = config.websocket.idle_timeout
+        self.host_mode = config.host
+        self.fixed_host = (
+            None if config.host in ("pass", "upstream") else config.host.encode("latin-1")
+        )
+
+    def start(self, ctx: RequestContext, downstream: Downstream) -> Exchange | None:
+        return ProxyExchange(self, ctx, downstream)
+
+
+class ProxyExchange:
+    __slots__ = (
+        "_body_done",
+        "_body_size",
+        "_chunked_body",
+        "_conn",
+        "_counted",
+        "_deadline",
+        "_downstream",
+        "_eof_ends",
+        "_finished",
+        "_head",
+        "_headers",
+        "_last_read",
+        "_paused_client",
+        "_peer",
+        "_replay",
+        "_route",
+        "_sent_all",
+        "_sent_try",
+        "_started",
+        "_switch",
+        "_timer",
+        "_tried",
+        "_unsent",
+        "_upgrade",
+        "ctx",
+    )
+
+    def __init__(self, route: ProxyRoute, ctx: RequestContext, downstream: Downstream) -> None:
+        self._route = route
+        self.ctx = ctx
+        self._downstream = downstream
+        self._conn: UpstreamConnection | None = None
+        self._counted = False
+        self._sent_try = False
+        self._switch: HeaderList = []
+        self._peer: Peer | None = None
+        self._tried: list[Peer] = []
+        self._replay: list[bytes] | None = []  # body already sent, kept for a retry
+        self._unsent: list[bytes] = []  # body not yet written to the current connection
+        self._body_size = 0
+        self._body_done = False
+        self._sent_all = False
+        self._started = False  # response head passed to the client
+        self._finished = False
+        self._eof_ends = False
+        self._paused_client = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_read = 0.0
+        self._deadline = 0.0
+        group = route.group
+        if group.retry.timeout:
+            self._deadline = asyncio.get_running_loop().time() + group.retry.timeout
+
+        headers = _upstream_headers(ctx.headers)
+        self._upgrade = ctx.state.get("upgrade") if route.websocket else None
+        if self._upgrade is not None:
+            headers.append((b"connection", b"upgrade"))
+            headers.append((b"upgrade", self._upgrade))
+        te = get(ctx.headers, b"transfer-encoding")
+        self._chunked_body = te is not None
+        if self._chunked_body:
+            headers.append((b"transfer-encoding", b"chunked"))
+        if route.fixed_host is not None:
+            _set_host(headers, route.fixed_host)
+        for method in route.chain.on_upstream_request:
+            method(ctx, headers)
+        self._headers = headers
+        self._head = b"" if route.host_mode == "upstream" else _head(ctx, headers)
+        self._try_next()
+
+    # choosing and connecting
+
+    def _try_next(self) -> None:
+        route = self._route
+        group = route.group
+        peer = group.pick(self._tried, group.key(self.ctx))
+        if peer is None:
+            self._fail(502, "no live upstream server", "no live upstreams")
+            return
+        self._tried.append(peer)
+        self._peer = peer
+        peer.active += 1
+        self._counted = True
+        self._sent_try = False
+        self.ctx.upstream_addr = peer.address
+        conn = group.pool.acquire_idle(peer)
+        if conn is not None:
+            self._attach(conn)
+        else:
+            spawn(self._connect(peer), f"connect {peer.address}")
+
+    async def _connect(self, peer: Peer) -> None:
+        try:
+            async with asyncio.timeout(self._route.connect_timeout):
+                conn = await self._route.group.pool.connect(peer)
+        except TimeoutError:
+            self._upstream_failed("timeout", f"connect to {peer.address} timed out")
+            return
+        except OSError as e:
+            self._upstream_failed("error", f"connect to {peer.address} failed: {e.strerror or e}")
+            return
+        if self._finished or self._peer is not peer:
+            self._route.group.pool.release(conn)  # the client left while we connected
+            return
+        self._attach(conn)
+
+    def _attach(self, conn: UpstreamConnection) -> None:
+        self._conn = conn
+        self._sent_try = True
+        ctx = self.ctx
+        conn.attach(self, ctx.method)
+        head = self._head
+        if not head:
+            assert self._peer is not None
+            headers = list(self._headers)
+            _set_host(headers, self._peer.host_header)
+            head = _head(ctx, headers)
+        pending = self._unsent
+        if pending:
+            frame = _frame_chunked if self._chunked_body else _frame_raw
+            conn.write(head + b"".join(frame(c) for c in pending))
+        else:
+            conn.write(head)
+        if self._replay is not None:
+            self._replay.extend(pending)
+        self._unsent = []
+        if self._body_done:
+            self._request_sent()
+        if self._paused_client:
+            self._paused_client = False
+            self._downstream.resume_reading()
+
+    def _request_sent(self) -> None:
+        assert self._conn is not None
+        if self._chunked_body:
+            self._conn.write(LAST_CHUNK)
+        self._sent_all = True
+        self._arm_read_timer()
+
+    # request body from the client
+
+    def on_request_body(self, data: bytes) -> None:
+        self._body_size += len(data)
+        conn = self._conn
+        if conn is not None:
+            conn.write(_frame_chunked(data) if self._chunked_body else data)
+            if self._replay is not None:
+                self._replay.append(data)
+        else:
+            self._unsent.append(data)
+            if not self._paused_client and sum(map(len, self._unsent)) > 65536:
+                self._paused_client = True
+                self._downstream.pause_reading()
+        if self._replay is not None and self._body_size > REPLAY_LIMIT:
+            self._replay = None
+
+    def on_request_end(self) -> None:
+        self._body_done = True
+        if self._conn is not None and not self._sent_all:
+            self._request_sent()
+
+    # response from the upstream
+
+    def on_response(self, head: ResponseHead) -> None:
+        status = head.status
+        self._last_read = asyncio.get_running_loop().time()
+        if status < 200:
+            if status == 101:
+                self._switch = _response_headers(head.headers)
+                self._switch += [
+                    (b"connection", b"upgrade"),
+                    (b"upgrade", get(head.headers, b"upgrade") or b"websocket"),
+                ]
+            elif status != 100:
+                self._downstream.send_interim(status, _response_headers(head.headers))
+            return
+        route = self._route
+        if status in route.group.retry_statuses and self._can_retry(sent=True):
+            self._upstream_failed(f"http_{status}", f"upstream answered {status}")
+            return
+        assert self._peer is not None
+        self._peer.succeeded()
+        ctx = self.ctx
+        ctx.upstream_status = status
+        headers = _response_headers(head.headers)
+        route.chain.run_response(ctx, status, headers)
+        length = head.content_length
+        bodyless = status in _NO_BODY_STATUS or ctx.method == "HEAD"
+        chunked = get(head.headers, b"transfer-encoding") is not None
+        self._eof_ends = not bodyless and length is None and not chunked
+        if route.chain.on_response_body and not bodyless:
+            length = None  # body filters may change the length
+            headers = [(k, v) for k, v in headers if k != b"content-length"]
+        self._started = True
+        self._downstream.start_response(status, headers, length)
+
+    def on_response_body(self, data: bytes) -> None:
+        if not self._started:
+            return  # the body of a response we are not relaying (a retried 502)
+        for method in self._route.chain.on_response_body:
+            data = method(self.ctx, data, False)
+        self._downstream.write(data)
+
+    def on_response_end(self, keep_alive: bool) -> None:
+        if not self._started:
+            return  # a retried response's end; that connection is already closed
+        self._end_try(reuse=keep_alive and self._sent_all)
+        self._complete()
+
+    def flush(self) -> None:
+        self._downstream.flush()
+
+    def _complete(self) -> None:
+        self._finished = True
+        self._cancel_timer()
+        chain = self._route.chain.on_response_body
+        if chain:
+            data = b""
+            for method in chain:
+                data = method(self.ctx, data, True)
+            if data:
+                self._downstream.write(data)
+        self._downstream.finish()
+
+    def on_upstream_upgrade(self, leftover: bytes) -> None:
+        conn = self._conn
+        if self._upgrade is None or conn is None or conn.transport is None:
+            self.on_upstream_lost("upstream switched protocols unasked")
+            return
+        self._cancel_timer()
+        self._finished = True
+        self._conn = None
+        self._route.group.pool.forget(conn)
+        self._end_try(reuse=False)
+        self.ctx.status = self.ctx.upstream_status = 101
+        Splice(self._downstream, conn, leftover, self._route.ws_idle_timeout, 101, self._switch)
+
+    def on_upstream_lost(self, reason: str) -> None:
+        if self._finished:
+            return
+        self._end_try(reuse=False)
+        if not self._started:
+            self._upstream_failed("error", reason)
+        elif self._eof_ends:
+            self._complete()  # the body was delimited by the connection's end
+        else:
+            self._finished = True
+            self._cancel_timer()
+            self.ctx.error = f"upstream {self.ctx.upstream_addr}: {reason}"
+            log.warning("%s %s: %s", self.ctx.method, self.ctx.target.decode("latin-1"), reason)
+            self._downstream.abort(reason)
+
+    def on_upstream_pause_writing(self) -> None:
+        if not self._paused_client:
+            self._paused_client = True
+            self._downstream.pause_reading()
+
+    def on_upstream_resume_writing(self) -> None:
+        if self._paused_client:
+            self._paused_client = False
+            self._downstream.resume_reading()
+
+    # the client side
+
+    def on_downstream_pause(self) -> None:
+        conn = self._conn
+        if conn is not None and conn.transport is not None:
+            conn.transport.pause_reading()
+
+    def on_downstream_resume(self) -> None:
+        conn = self._conn
+        if conn is not None and conn.transport is not None:
+            conn.transport.resume_reading()
+
+    def on_downstream_lost(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._cancel_timer()
+        self._end_try(reuse=False)
+
+    # failures, retries and timeouts
+
+    def _end_try(self, reuse: bool) -> None:
+        """The current try is over: give back or close its connection, uncount the peer."""
+        conn = self._conn
+        self._conn = None
+        pool = self._route.group.pool
+        if conn is not None:
+            if reuse:
+                pool.release(conn)
+            else:
+                pool.discard(conn)
+        peer = self._peer
+        if peer is not None and self._counted:
+            peer.active -= 1
+            self._counted = False
+
+    def _can_retry(self, sent: bool) -> bool:
+        group = self._route.group
+        if len(self._tried) >= min(group.retry.tries, len(group.peers)):
+            return False
+        if self._deadline and asyncio.get_running_loop().time() >= self._deadline:
+            return False
+        if sent and self._replay is None:
+            return False  # part of the body is gone: it cannot be sent again
+        return not (sent and self.ctx.method not in IDEMPOTENT and not group.retry.non_idempotent)
+
+    def _upstream_failed(self, kind: str, reason: str) -> None:
+        """The current try failed before the response started: retry or answer 502/504."""
+        if self._finished:
+            return
+        self._cancel_timer()
+        sent = self._conn is not None or self._sent_try
+        self._end_try(reuse=False)
+        if self._peer is not None:
+            self._peer.failed(time.monotonic())
+        group = self._route.group
+        allowed = (
+            (kind == "error" and group.retry_on_error)
+            or (kind == "timeout" and group.retry_on_timeout)
+            or kind.startswith("http_")
+        )
+        log.warning("upstream %s: %s", self.ctx.upstream_addr, reason)
+        if allowed and self._can_retry(sent):
+            if self._replay:
+                self._unsent = self._replay + self._unsent
+                self._replay = []
+            self._sent_all = False
+            self._try_next()
+        elif kind == "timeout":
+            self._fail(504, "the upstream server timed out", reason)
+        else:
+            self._fail(
+                502, "the upstream server is unreachable or sent an invalid response", reason
+            )
+
+    def _fail(self, status: int, message: str, reason: str) -> None:
+        self._finished = True
+        self.ctx.error = reason
+        self._downstream.error(status, message)
+
+    def _arm_read_timer(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._last_read = loop.time()
+        if self._timer is None:
+            self._timer = loop.call_later(self._route.read_timeout, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._finished:
+            return
+        loop = asyncio.get_running_loop()
+        idle = loop.time() - self._last_read
+        timeout = self._route.read_timeout
+        if idle < timeout:
+            self._timer = loop.call_later(timeout - idle, self._on_timer)
+            return
+        reason = f"no answer from {self.ctx.upstream_addr} within {timeout:g}s"
+        if self._started:
+            self._eof_ends = False
+            self.on_upstream_lost(reason)
+        else:
+            self._upstream_failed("timeout", reason)
+
+
+def _frame_raw(data: bytes) -> bytes:
+    return data
+
+
+def _frame_chunked(data: bytes) -> bytes:
+    return chunk(data) if data else b""
+
+
+def _upstream_headers(headers: HeaderList) -> HeaderList:
+    tokens = connection_tokens(headers)
+    drop = HOP_BY_HOP | tokens | {b"expect"} if tokens else _UPSTREAM_DROP
+    return [(k, v) for k, v in headers if k not in drop]
+
+
+_UPSTREAM_DROP = HOP_BY_HOP | {b"expect"}
+
+
+def _response_headers(headers: HeaderList) -> HeaderList:
+    tokens = connection_tokens(headers)
+    drop = HOP_BY_HOP | tokens if tokens else HOP_BY_HOP
+    return [(k, v) for k, v in headers if k not in drop]
+
+
+def _set_host(headers: HeaderList, host: bytes) -> None:
+    for i, (k, _) in enumerate(headers):
+        if k == b"host":
+            headers[i] = (b"host", host)
+            return
+    headers.insert(0, (b"host", host))
+
+
+def _head(ctx: RequestContext, headers: HeaderList) -> bytes:
+    return request_head(ctx.method, ctx.upstream_target, headers)

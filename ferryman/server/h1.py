@@ -1,0 +1,620 @@
+"""The HTTP/1.1 client connection: parses requests, runs the route, writes responses.
+
+Theory of operation. One :class:`H1Connection` per client socket. Requests are answered one
+at a time and in order; a pipelined request that arrives while one is in flight waits in a
+queue with reading paused. The response head and the body of a small response are gathered
+in ``_out`` and leave in one ``write`` when the handler calls :meth:`flush` or
+:meth:`finish`.
+
+One timer per connection serves every client timeout: it holds a deadline that the hot
+path moves by storing a float, and it reschedules itself when it fires early, so a request
+costs no timer allocation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast
+import logging
+from collections import deque
+from typing import Any
+
+from ferryman.context import RequestContext
+from ferryman.filters.base import FilterChain
+from ferryman.http.errors import error_body
+from ferryman.http.h1 import (
+    LAST_CHUNK,
+    ParseError,
+    RequestHead,
+    RequestParser,
+    chunk,
+    response_head,
+)
+from ferryman.http.headers import HeaderList
+from ferryman.proxy.api import Exchange, Tunnel
+from ferryman.routing.table import CompiledRoute, VirtualHost
+from ferryman.server.listener import Listener
+from ferryman.server.tasks import spawn
+
+log = logging.getLogger("ferryman")
+
+IDLE, HEAD, BUSY, TUNNEL, CLOSED = range(5)
+_BODYLESS = frozenset({204, 304})
+_DISCARD_LIMIT = 1 << 20  # body bytes we read and drop to keep a connection after an early answer
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class H1Connection(asyncio.Protocol):
+    __slots__ = (
+        "_chunked",
+        "_deadline",
+        "_discard",
+        "_loop",
+        "_out",
+        "_pause_handler",
+        "_pause_queue",
+        "_pending",
+        "_queue",
+        "_request_done",
+        "_started",
+        "_state",
+        "_timer",
+        "_tunnel_buf",
+        "client_addr",
+        "client_port",
+        "ctx",
+        "exchange",
+        "keep_alive",
+        "listener",
+        "parser",
+        "requests",
+        "transport",
+        "tunnel",
+        "vhost",
+        "write_paused",
+    )
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.parser = RequestParser(self, listener.parser_limits)
+        self.ctx: RequestContext | None = None
+        self.vhost: VirtualHost | None = None
+        self.exchange: Exchange | None = None
+        self.tunnel: Tunnel | None = None
+        self.keep_alive = True
+        self.requests = 0
+        self.write_paused = False
+        self.client_addr = ""
+        self.client_port = 0
+        self._loop = asyncio.get_running_loop()
+        self._state = IDLE
+        self._out: list[bytes] = []
+        self._chunked = False
+        self._started = False
+        self._request_done = True
+        self._discard = False
+        self._queue: deque[list[Any]] | None = None
+        self._pending: list[bytes] | None = None  # body read while async filters run
+        self._pause_queue = False
+        self._pause_handler = False
+        self._tunnel_buf: list[bytes] | None = None
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement the interface without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        listener = self.listener
+        if len(listener.connections) >= listener.limits.max_connections:
+            transport.abort()
+            self._state = CLOSED
+            return
+        listener.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.client_addr, self.client_port = peer[0], peer[1]
+        self._arm(listener.limits.client_header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.from_client(data)
+            return
+        if self._tunnel_buf is not None:
+            self._tunnel_buf.append(data)
+            return
+        if self._state == IDLE:
+            self._state = HEAD
+            self._arm(self.listener.limits.client_header_timeout)
+        try:
+            offset = self.parser.feed(data)
+        except ParseError as e:
+            self._reject(e.status, e.reason)
+            return
+        except Exception as e:
+            log.exception("internal error while handling a request")
+            self._internal_error(e)
+            return
+        if offset is not None:
+            self._tunnel_buf = [data[offset:]] if offset < len(data) else []
+
+    def eof_received(self) -> bool | None:
+        # A client half-closing after its request still gets the answer.
+        return self.ctx is not None and self.tunnel is None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._state = CLOSED
+        self.listener.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.tunnel is not None:
+            self.tunnel.client_closed()
+            self.tunnel = None
+        exchange = self.exchange
+        ctx = self.ctx
+        if exchange is not None:
+            self.exchange = None
+            exchange.on_downstream_lost()
+        if ctx is not None and self.vhost is not None:
+            if not self._started:
+                ctx.status = 499  # the client went away before the answer (nginx's 499)
+            self._log(ctx)
+            self.ctx = None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.exchange is not None:
+            self.exchange.on_downstream_pause()
+        elif self.tunnel is not None:
+            self.tunnel.client_pause_writing()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.exchange is not None:
+            self.exchange.on_downstream_resume()
+        elif self.tunnel is not None:
+            self.tunnel.client_resume_writing()
+
+    # RequestSink: called by the parser
+
+    def on_request(self, head: RequestHead) -> None:
+        if self.ctx is not None:
+            # Pipelined: answer in order, so wait (reading paused) for the one in flight.
+            if self._queue is None:
+                self._queue = deque()
+            self._queue.append([head, [], False])
+            self._pause_queue = True
+            self._update_reading()
+            return
+        self._begin(head)
+
+    def on_body(self, data: bytes) -> None:
+        if self._queue:
+            self._queue[-1][1].append(data)
+            return
+        self._deliver_body(data)
+
+    def on_request_end(self) -> None:
+        if self._queue:
+            self._queue[-1][2] = True
+            return
+        self._deliver_end()
+
+    # starting a request
+
+    def _begin(self, head: RequestHead) -> None:
+        self._state = BUSY
+        self.requests += 1
+        listener = self.listener
+        limits = listener.limits
+        self.keep_alive = (
+            head.keep_alive and not listener.draining and self.requests < limits.keepalive_requests
+        )
+        self._started = False
+        self._chunked = False
+        self._request_done = False
+        ctx = RequestContext(
+            self.client_addr,
+            self.client_port,
+            listener.port,
+            listener.scheme,
+            head.method,
+            head.target,
+            head.version,
+            head.headers,
+            head.host.decode("latin-1"),
+        )
+        self.ctx = ctx
+        if head.has_body:
+            self._arm(limits.client_body_timeout)
+        else:
+            self._deadline = 0.0
+        if head.target[:1] != b"/":
+            if listener.forward is not None:
+                self.vhost = listener.hosts.default
+                listener.forward.start(ctx, self, head)
+                return
+            if not self._origin_form(ctx, head):
+                return
+        vhost = self.vhost = listener.hosts.lookup(head.host)
+        route = vhost.match(ctx.path)
+        ctx.route = route
+        if route is None:
+            self.respond(
+                404, [(b"content-type", b"application/json")], b'{"error": "Route not found"}'
+            )
+            return
+        if head.upgrade:
+            upgrade = next((v for k, v in head.headers if k == b"upgrade"), b"")
+            if upgrade.lower() == b"websocket" and head.method == "GET":
+                ctx.state["upgrade"] = upgrade
+            elif head.has_body:
+                self.keep_alive = False  # the parser stopped at the head: it cannot go on
+        if route.methods is not None and head.method not in route.methods:
+            self.respond(405, [(b"allow", ", ".join(sorted(route.methods)).encode())], b"")
+            return
+        if head.content_length is not None and head.content_length > route.max_body_size:
+            self.keep_alive = False
+            self.error(413, "the request body is larger than allowed")
+            return
+        rewrite = route.rewrite
+        if rewrite is not None:
+            path = rewrite(ctx.path)
+            ctx.upstream_target = path + b"?" + ctx.query if ctx.query else path
+        chain = route.chain
+        if chain.on_request:
+            if chain.on_request_async:
+                self._pending = []
+                spawn(self._filter_async(ctx, route, chain, head), "request filters")
+                return
+            answer = chain.run_request_sync(ctx)
+            if answer is not None:
+                self.respond(answer.status, answer.headers, answer.body)
+                return
+        self._dispatch(ctx, route, head)
+
+    def _origin_form(self, ctx: RequestContext, head: RequestHead) -> bool:
+        """An absolute-form target on a reverse-proxy listener: take the authority as Host."""
+        target = head.target
+        if head.method == "CONNECT":
+            self.keep_alive = False
+            self.vhost = self.listener.hosts.default
+            self.error(405, "CONNECT is not served here")
+            return False
+        lower = target[:8].lower()
+        if lower.startswith(b"http://") or lower.startswith(b"https://"):
+            rest = target.split(b"://", 1)[1]
+            authority, slash, path = rest.partition(b"/")
+            head.host = authority
+            head.target = slash + path if slash else b"/"
+            ctx.host = authority.decode("latin-1")
+            ctx.target = ctx.upstream_target = head.target
+            ctx.path, _, ctx.query = head.target.partition(b"?")
+            return True
+        self.vhost = self.listener.hosts.default
+        self.error(400, "invalid request target")
+        return False
+
+    async def _filter_async(
+        self, ctx: RequestContext, route: CompiledRoute, chain: FilterChain, head: RequestHead
+    ) -> None:
+        try:
+            answer = await chain.run_request_async(ctx)
+        except Exception as e:
+            log.exception("request filter failed")
+            self._internal_error(e)
+            return
+        if self.ctx is not ctx or self._state == CLOSED:
+            return
+        pending, self._pending = self._pending, None
+        if answer is not None:
+            self.respond(answer.status, answer.headers, answer.body)
+            return
+        self._dispatch(ctx, route, head)
+        if self.exchange is not None and pending:
+            for data in pending:
+                self.exchange.on_request_body(data)
+        if self.exchange is not None and self._request_done:
+            self.exchange.on_request_end()
+
+    def _dispatch(self, ctx: RequestContext, route: CompiledRoute, head: RequestHead) -> None:
+        if head.expect_continue and not self._request_done and self.transport is not None:
+            self.transport.write(_CONTINUE)
+        self.exchange = route.handler.start(ctx, self)
+
+    # request body
+
+    def _deliver_body(self, data: bytes) -> None:
+        ctx = self.ctx
+        if ctx is None:
+            return
+        ctx.bytes_received += len(data)
+        if self._deadline:
+            self._deadline = self._loop.time() + self.listener.limits.client_body_timeout
+        if self._discard:
+            if ctx.bytes_received > _DISCARD_LIMIT:
+                self._close()
+            return
+        route = ctx.route
+        if route is not None and ctx.bytes_received > route.max_body_size:
+            self.keep_alive = False
+            if self.exchange is not None:
+                exchange, self.exchange = self.exchange, None
+                exchange.on_downstream_lost()
+            self.error(413, "the request body is larger than allowed")
+            return
+        if self.exchange is not None:
+            self.exchange.on_request_body(data)
+        elif self._pending is not None:
+            self._pending.append(data)
+
+    def _deliver_end(self) -> None:
+        self._request_done = True
+        self._deadline = 0.0
+        if self._discard:
+            self._discard = False
+            self._next()
+        elif self.exchange is not None:
+            self.exchange.on_request_end()
+
+    # Downstream: called by handlers
+
+    def send_interim(self, status: int, headers: HeaderList) -> None:
+        ctx = self.ctx
+        if ctx is not None and ctx.version == "1.1" and self.transport is not None:
+            self.transport.write(response_head(status, headers))
+
+    def start_response(self, status: int, headers: HeaderList, length: int | None) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        ctx.status = status
+        self._started = True
+        if length is None and status not in _BODYLESS and ctx.method != "HEAD":
+            if ctx.version == "1.1":
+                self._chunked = True
+                headers.append((b"transfer-encoding", b"chunked"))
+            else:
+                self.keep_alive = False  # the body ends where the connection does
+        if not self.keep_alive:
+            headers.append((b"connection", b"close"))
+        elif ctx.version == "1.0":
+            headers.append((b"connection", b"keep-alive"))
+        self._out.append(response_head(status, headers))
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        ctx = self.ctx
+        if ctx is None:
+            return
+        ctx.bytes_sent += len(data)
+        if ctx.method == "HEAD":
+            return
+        self._out.append(chunk(data) if self._chunked else data)
+
+    def flush(self) -> None:
+        out = self._out
+        if out and self.transport is not None:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    def finish(self) -> None:
+        if self._chunked:
+            self._out.append(LAST_CHUNK)
+        self.flush()
+        self._response_done()
+
+    def abort(self, reason: str) -> None:
+        self.flush()
+        self.keep_alive = False
+        ctx = self.ctx
+        self.exchange = None
+        if ctx is not None:
+            ctx.error = ctx.error or reason
+            self._log(ctx)
+            self.ctx = None
+        self._close()
+
+    def respond(self, status: int, headers: HeaderList, body: bytes) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        if self._started:
+            self.abort("a second response to one request")
+            return
+        self._chain().run_response(ctx, status, headers)
+        headers.append((b"content-length", b"%d" % len(body)))
+        self.start_response(status, headers, len(body))
+        self.write(body)
+        self.finish()
+
+    def error(self, status: int, message: str) -> None:
+        if self._started:
+            self.abort(message)
+            return
+        fmt = self.vhost.error_format if self.vhost is not None else "json"
+        ctype, body = error_body(status, message, fmt)
+        self.respond(status, [(b"content-type", ctype)], body)
+
+    def pause_reading(self) -> None:
+        self._pause_handler = True
+        self._update_reading()
+
+    def resume_reading(self) -> None:
+        self._pause_handler = False
+        self._update_reading()
+
+    def start_tunnel(self, peer: Tunnel, status: int, headers: HeaderList) -> bytes:
+        """Answer ``status`` (101 or 200), then relay raw bytes to and from ``peer``."""
+        ctx = self.ctx
+        assert ctx is not None and self.transport is not None
+        ctx.status = status
+        self._started = True
+        self.transport.write(response_head(status, headers))
+        self._state = TUNNEL
+        self._deadline = 0.0
+        self.exchange = None
+        self.tunnel = peer
+        buffered = b"".join(self._tunnel_buf or [])
+        self._tunnel_buf = None
+        self._pause_handler = self._pause_queue = False
+        self._update_reading()
+        return buffered
+
+    def tunnel_write(self, data: bytes) -> None:
+        if self.transport is not None:
+            if self.ctx is not None:
+                self.ctx.bytes_sent += len(data)
+            self.transport.write(data)
+
+    def tunnel_close(self) -> None:
+        self.tunnel = None
+        ctx = self.ctx
+        if ctx is not None:
+            self._log(ctx)
+            self.ctx = None
+        self._close()
+
+    # ending a request
+
+    def _chain(self) -> FilterChain:
+        ctx = self.ctx
+        if ctx is not None and ctx.route is not None:
+            return ctx.route.chain
+        vhost = self.vhost or self.listener.hosts.default
+        return vhost.chain
+
+    def _log(self, ctx: RequestContext) -> None:
+        route = ctx.route
+        if route is not None:
+            if route.access_log:
+                route.chain.run_log(ctx)
+        else:
+            (self.vhost or self.listener.hosts.default).chain.run_log(ctx)
+
+    def _response_done(self) -> None:
+        ctx = self.ctx
+        self.exchange = None
+        if ctx is not None:
+            self._log(ctx)
+        self.ctx = None
+        if not self.keep_alive or self._state == CLOSED:
+            self._close()
+            return
+        if self._tunnel_buf is not None:
+            # The parser stopped at an upgrade we did not take; what follows is unparsed.
+            leftover = b"".join(self._tunnel_buf)
+            self._tunnel_buf = None
+            self.parser = RequestParser(self, self.listener.parser_limits)
+            self._request_done = True
+            self._next()
+            if leftover:
+                self.data_received(leftover)
+            return
+        if not self._request_done:
+            if ctx is not None and ctx.bytes_received > _DISCARD_LIMIT:
+                self._close()
+                return
+            self._discard = True  # read the rest of the body, then go on
+            return
+        self._next()
+
+    def _next(self) -> None:
+        queue = self._queue
+        if queue:
+            head, body, ended = queue.popleft()
+            if not queue:
+                self._pause_queue = False
+                self._update_reading()
+            self._begin(head)
+            for data in body:
+                self._deliver_body(data)
+            if ended:
+                self._deliver_end()
+            return
+        self._state = IDLE
+        self._arm(self.listener.limits.keepalive_timeout)
+        if self.listener.draining:
+            self._close()
+
+    def _reject(self, status: int, reason: str) -> None:
+        """Malformed input: answer with ``status`` and close; nothing reaches an upstream."""
+        self.keep_alive = False
+        self._tunnel_buf = []  # stop parsing whatever follows
+        if self.ctx is not None:
+            if self.exchange is not None:
+                exchange, self.exchange = self.exchange, None
+                exchange.on_downstream_lost()
+            if self._started:
+                self.abort(reason)
+                return
+        else:
+            self.ctx = RequestContext(
+                self.client_addr,
+                self.client_port,
+                self.listener.port,
+                self.listener.scheme,
+                "-",
+                b"-",
+                "1.1",
+                [],
+                "",
+            )
+        self.ctx.error = reason
+        self.vhost = self.listener.hosts.default
+        self.error(status, reason)
+
+    def _internal_error(self, exc: Exception) -> None:
+        if self.ctx is not None and not self._started:
+            self.keep_alive = False
+            self.ctx.error = f"internal error: {exc!r}"
+            self.error(500, "internal error")
+        else:
+            self._close()
+
+    def _close(self) -> None:
+        self._state = CLOSED
+        if self.transport is not None:
+            self.transport.close()
+
+    def _update_reading(self) -> None:
+        t = self.transport
+        if t is None or self._state == CLOSED:
+            return
+        if self._pause_queue or self._pause_handler:
+            t.pause_reading()
+        else:
+            t.resume_reading()
+
+    # the one timer
+
+    def _arm(self, seconds: float) -> None:
+        self._deadline = self._loop.time() + seconds
+        if self._timer is None:
+            self._timer = self._loop.call_later(seconds, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if not deadline or self._state == CLOSED:
+            return
+        now = self._loop.time()
+        if now < deadline:
+            self._timer = self._loop.call_later(deadline - now, self._on_timer)
+            return
+        if self._state == IDLE:
+            self._close()
+        elif self._state == HEAD:
+            self._reject(408, "the request head was not received in time")
+        elif self._state == BUSY and not self._started:
+            self._reject(408, "the request body was not received in time")
+        else:
+            self._close()
+
+    def drain(self) -> None:
+        """Graceful shutdown: close now if idle, else after the response in flight."""
+        self.keep_alive = False
+        if self._state == IDLE:
+            self._close()

@@ -1,0 +1,69 @@
+"""What the connections of one listening address share, and opening that address."""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING, Any
+
+from ferryman.config.schema import Limits as LimitsConfig
+from ferryman.config.schema import parse_hostport
+from ferryman.http.h1 import Limits
+from ferryman.routing.table import HostTable
+
+if TYPE_CHECKING:
+    from ferryman.server.h1 import H1Connection
+
+
+class Listener:
+    __slots__ = (
+        "address",
+        "connections",
+        "draining",
+        "forward",
+        "hosts",
+        "limits",
+        "parser_limits",
+        "port",
+        "scheme",
+    )
+
+    def __init__(
+        self,
+        address: str,
+        hosts: HostTable,
+        limits: LimitsConfig,
+        scheme: str = "http",
+        forward: Any = None,
+    ) -> None:
+        self.address = address
+        self.port = parse_hostport(address)[1]
+        self.hosts = hosts
+        self.limits = limits
+        self.parser_limits = Limits(
+            limits.max_request_line, limits.max_header_size, limits.max_headers
+        )
+        self.scheme = scheme
+        # The forward-proxy side for absolute-form requests and CONNECT, when configured.
+        self.forward = forward
+        self.connections: set[H1Connection] = set()
+        self.draining = False
+
+
+def open_socket(address: str, reuse_port: bool = True, backlog: int = 1024) -> socket.socket:
+    """A listening TCP socket; with SO_REUSEPORT each worker opens its own on the same port."""
+    host, port = parse_hostport(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock

@@ -1,0 +1,89 @@
+"""One worker process: opens the listeners, serves until told to stop, then drains."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+
+from ferryman.build import Runtime
+from ferryman.config.schema import Config
+from ferryman.observe.logwriter import flush_all
+from ferryman.server.h1 import H1Connection
+from ferryman.server.listener import Listener, open_socket
+
+log = logging.getLogger("ferryman")
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; this keeps dev setups going
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def run_worker(config: Config, runtime: Runtime | None = None) -> int:
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(serve(config, runtime))
+
+
+async def serve(config: Config, runtime: Runtime | None = None) -> int:
+    loop = asyncio.get_running_loop()
+    runtime = runtime or Runtime(config)
+    listeners: list[Listener] = []
+    servers: list[asyncio.AbstractServer] = []
+    for address, hosts in runtime.hosts.items():
+        sock = open_socket(address)
+        listener = Listener(address, hosts, config.limits)
+        listeners.append(listener)
+        servers.append(await loop.create_server(_factory(listener), sock=sock))
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker serving %s", ", ".join(x.address for x in listeners))
+    await stop.wait()
+    await drain(servers, listeners, config.shutdown_timeout)
+    for group in runtime.groups.values():
+        group.pool.close()
+    flush_all()
+    return 0
+
+
+def _factory(listener: Listener) -> type[H1Connection] | object:
+    def make() -> H1Connection:
+        return H1Connection(listener)
+
+    return make
+
+
+async def drain(
+    servers: list[asyncio.AbstractServer], listeners: list[Listener], timeout: float
+) -> None:
+    """Stop accepting, let requests in flight finish (up to ``timeout``), close the rest."""
+    for server in servers:
+        server.close()
+    for listener in listeners:
+        listener.draining = True
+        for conn in list(listener.connections):
+            conn.drain()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while any(x.connections for x in listeners) and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    for listener in listeners:
+        for conn in list(listener.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+
+
+def check_bind(config: Config) -> None:
+    """Fail early, before any worker starts, if an address cannot be bound. Binding without
+    SO_REUSEPORT also refuses a port another running instance holds, which the workers'
+    own SO_REUSEPORT sockets would otherwise silently share."""
+    for server in config.servers:
+        for address in server.listen:
+            sock: socket.socket = open_socket(address, reuse_port=False, backlog=1)
+            sock.close()

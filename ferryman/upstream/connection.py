@@ -1,0 +1,141 @@
+"""One connection to an upstream server, lent by the pool to one exchange at a time."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast
+from typing import TYPE_CHECKING, Protocol
+
+from ferryman.http.h1 import ParseError, ResponseHead, ResponseParser
+
+if TYPE_CHECKING:
+    from ferryman.proxy.tunnel import Splice
+    from ferryman.upstream.peer import Peer
+
+
+class Owner(Protocol):
+    """What an exchange borrowing a connection must handle."""
+
+    def on_response(self, head: ResponseHead) -> None: ...
+    def on_response_body(self, data: bytes) -> None: ...
+    def on_response_end(self, keep_alive: bool) -> None: ...
+    def on_upstream_upgrade(self, leftover: bytes) -> None: ...
+    def on_upstream_lost(self, reason: str) -> None: ...
+    def on_upstream_pause_writing(self) -> None: ...
+    def on_upstream_resume_writing(self) -> None: ...
+    def flush(self) -> None: ...
+
+
+class _Discard:
+    """The sink of a connection nobody owns: whatever it still parses goes nowhere."""
+
+    def on_response(self, head: ResponseHead) -> None:
+        pass
+
+    def on_response_body(self, data: bytes) -> None:
+        pass
+
+    def on_response_end(self, keep_alive: bool) -> None:
+        pass
+
+
+_DISCARD = _Discard()
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "closed",
+        "idle_since",
+        "owner",
+        "parser",
+        "peer",
+        "requests",
+        "transport",
+        "tunnel",
+    )
+
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+        self.transport: asyncio.Transport | None = None
+        self.owner: Owner | None = None
+        self.parser: ResponseParser | None = None
+        self.requests = 0
+        self.idle_since = 0.0
+        self.closed = False
+        # Set when the connection has become a byte tunnel (WebSocket): data goes there.
+        self.tunnel: Splice | None = None
+
+    def attach(self, owner: Owner, method: str) -> None:
+        self.owner = owner
+        self.requests += 1
+        parser = self.parser
+        if parser is None:
+            parser = self.parser = ResponseParser(owner)
+        else:
+            parser.sink = owner
+        parser.expect(method)
+
+    def detach(self) -> None:
+        self.owner = None
+        if self.parser is not None:
+            self.parser.sink = _DISCARD
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement the interface without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.from_upstream(data)
+            return
+        owner = self.owner
+        if owner is None or self.parser is None:
+            # Bytes from an idle upstream mean it is out of step with us: never reuse it.
+            self.close()
+            return
+        try:
+            offset = self.parser.feed(data)
+        except ParseError as e:
+            self.close()
+            owner.on_upstream_lost(f"invalid response from upstream: {e.reason}")
+            return
+        if offset is not None:
+            owner.on_upstream_upgrade(data[offset:])
+        elif self.owner is owner:
+            owner.flush()
+
+    def eof_received(self) -> bool | None:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.tunnel is not None:
+            self.tunnel.upstream_closed()
+            return
+        owner = self.owner
+        if owner is not None:
+            self.owner = None
+            owner.on_upstream_lost(str(exc) if exc else "upstream closed the connection")
+
+    def pause_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.upstream_pause_writing()
+        elif self.owner is not None:
+            self.owner.on_upstream_pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.upstream_resume_writing()
+        elif self.owner is not None:
+            self.owner.on_upstream_resume_writing()

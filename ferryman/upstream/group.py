@@ -1,0 +1,75 @@
+"""An upstream group: its peers, balancer, pool and retry policy, built once from config."""
+
+from __future__ import annotations
+
+import time
+
+from ferryman.config.schema import Retry, Upstream
+from ferryman.context import RequestContext
+from ferryman.http.headers import get
+from ferryman.upstream.balancer import BALANCERS, Balancer, RoundRobin
+from ferryman.upstream.peer import Peer
+from ferryman.upstream.pool import Pool
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+class UpstreamGroup:
+    def __init__(self, name: str, config: Upstream) -> None:
+        self.name = name
+        self.peers = [
+            Peer(s.address, s.weight, s.backup, s.max_fails, s.fail_timeout) for s in config.servers
+        ]
+        kind = BALANCERS[config.balance]
+        self.primary: Balancer = kind([p for p in self.peers if not p.backup])
+        backups = [p for p in self.peers if p.backup]
+        self.backup: Balancer | None = kind(backups) if backups else None
+        self.pool = Pool(config.keepalive, config.keepalive_timeout, config.keepalive_requests)
+        self.retry: Retry = config.retry
+        self.retry_statuses = frozenset(
+            int(c[5:]) for c in config.retry.on if c.startswith("http_")
+        )
+        self.retry_on_error = "error" in config.retry.on
+        self.retry_on_timeout = "timeout" in config.retry.on
+        self._hash_key = config.hash_key if config.balance == "hash" else None
+
+    def key(self, ctx: RequestContext) -> bytes:
+        k = self._hash_key
+        if k is None:
+            return b""
+        if k == "remote_addr":
+            return ctx.client_addr.encode()
+        if k == "uri":
+            return ctx.target
+        kind, _, name = k.partition(":")
+        if kind == "header":
+            return get(ctx.headers, name.lower().encode("latin-1")) or b""
+        cookies = get(ctx.headers, b"cookie") or b""
+        prefix = name.encode("latin-1") + b"="
+        for part in cookies.split(b";"):
+            part = part.strip()
+            if part.startswith(prefix):
+                return part[len(prefix) :]
+        return b""
+
+    def pick(self, tried: list[Peer], key: bytes) -> Peer | None:
+        """The next peer to try: a live primary, else a live backup, else — when every peer is
+        marked down and nothing was tried yet — the primary that has been down longest, since
+        refusing all traffic on stale failure marks helps no one (nginx does the same)."""
+        now = time.monotonic()
+        peer = self.primary.pick(now, tried, key)
+        if peer is None and self.backup is not None:
+            peer = self.backup.pick(now, tried, key)
+        if peer is None and not tried:
+            primaries = self.primary.peers
+            peer = min(primaries, key=lambda p: p.down_until)
+        return peer
+
+
+def single_peer_group(name: str, address: str) -> UpstreamGroup:
+    """The implicit group behind ``proxy: {url: ...}``."""
+    from ferryman.config.schema import UpstreamServer
+
+    group = UpstreamGroup(name, Upstream(servers=[UpstreamServer(address=address, max_fails=0)]))
+    assert isinstance(group.primary, RoundRobin)
+    return group

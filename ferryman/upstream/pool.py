@@ -1,0 +1,98 @@
+"""Keep-alive connections to one upstream group's peers.
+
+The pool keeps at most ``max_idle`` idle connections for the whole group (nginx's
+``keepalive N``), newest first, and closes those idle longer than ``idle_timeout`` or that
+have served ``max_requests``. A connection comes back only after a complete exchange; the
+exchange decides that and calls :meth:`release` or closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from ferryman.upstream.connection import UpstreamConnection
+from ferryman.upstream.peer import Peer
+
+
+class Pool:
+    def __init__(self, max_idle: int, idle_timeout: float, max_requests: int) -> None:
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self.max_requests = max_requests
+        self._idle: dict[Peer, deque[UpstreamConnection]] = {}
+        self.idle_count = 0
+        self.active = 0
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<Pool [Connections: {self.active} active, {self.idle_count} idle"
+            f" | max_idle {self.max_idle}]>"
+        )
+
+    def acquire_idle(self, peer: Peer) -> UpstreamConnection | None:
+        idle = self._idle.get(peer)
+        while idle:
+            conn = idle.pop()
+            self.idle_count -= 1
+            if not conn.closed:
+                self.active += 1
+                return conn
+        return None
+
+    async def connect(self, peer: Peer) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(
+            lambda: UpstreamConnection(peer), peer.host, peer.port
+        )
+        self.active += 1
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """Take back a connection whose last exchange was complete."""
+        self.active -= 1
+        conn.detach()
+        if conn.closed or conn.requests >= self.max_requests or self.idle_count >= self.max_idle:
+            conn.close()
+            return
+        loop = asyncio.get_running_loop()
+        conn.idle_since = loop.time()
+        self._idle.setdefault(conn.peer, deque()).append(conn)
+        self.idle_count += 1
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(self.idle_timeout, self._sweep)
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        """Close a connection lent out whose exchange did not end cleanly."""
+        self.active -= 1
+        conn.detach()
+        conn.close()
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        """A lent connection that became a tunnel: no longer the pool's business."""
+        self.active -= 1
+        conn.detach()
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() - self.idle_timeout
+        for idle in self._idle.values():
+            # Oldest first; stop at the first one still fresh.
+            while idle and (idle[0].closed or idle[0].idle_since <= deadline):
+                idle.popleft().close()
+                self.idle_count -= 1
+        self._sweeper = (
+            loop.call_later(max(self.idle_timeout / 4, 0.05), self._sweep)
+            if self.idle_count
+            else None
+        )
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            while idle:
+                idle.pop().close()
+        self.idle_count = 0
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
