@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check":
             config = load_config(args.config)
+            sys.path.insert(0, os.path.dirname(os.path.abspath(args.config)))
             Runtime(config)
             print(f"{args.config}: OK")
             print(summary(config))
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
             config = quick_config(args.listen, args.to)
             return serve(config, args.workers)
         config = load_config(args.config)
+        # Plugins named in a config may live beside it, like the examples' hooks.
+        sys.path.insert(0, os.path.dirname(os.path.abspath(args.config)))
         return serve(config, args.workers)
     except (ConfigError, BuildError) as e:
         print(f"ferryman: {e}", file=sys.stderr)

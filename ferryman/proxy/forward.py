@@ -113,21 +113,10 @@ class ProxyExchange:
         if group.retry.timeout:
             self._deadline = asyncio.get_running_loop().time() + group.retry.timeout
 
-        headers = _upstream_headers(ctx.headers)
         self._upgrade = ctx.state.get("upgrade") if route.websocket else None
-        if self._upgrade is not None:
-            headers.append((b"connection", b"upgrade"))
-            headers.append((b"upgrade", self._upgrade))
-        te = get(ctx.headers, b"transfer-encoding")
-        self._chunked_body = te is not None
-        if self._chunked_body:
-            headers.append((b"transfer-encoding", b"chunked"))
-        if route.fixed_host is not None:
-            _set_host(headers, route.fixed_host)
-        for method in route.chain.on_upstream_request:
-            method(ctx, headers)
-        self._headers = headers
-        self._head = b"" if route.host_mode == "upstream" else _head(ctx, headers)
+        self._chunked_body = get(ctx.headers, b"transfer-encoding") is not None
+        self._headers: HeaderList | None = None
+        self._head = b""
         self._try_next()
 
     # choosing and connecting
@@ -145,11 +134,31 @@ class ProxyExchange:
         self._counted = True
         self._sent_try = False
         self.ctx.upstream_addr = peer.address
+        if self._headers is None:
+            self._build_request()
         conn = group.pool.acquire_idle(peer)
         if conn is not None:
             self._attach(conn)
         else:
             spawn(self._connect(peer), f"connect {peer.address}")
+
+    def _build_request(self) -> None:
+        """The upstream request's headers, once the first peer is known (filters may log it)."""
+        route = self._route
+        ctx = self.ctx
+        headers = _upstream_headers(ctx.headers)
+        if self._upgrade is not None:
+            headers.append((b"connection", b"upgrade"))
+            headers.append((b"upgrade", self._upgrade))
+        if self._chunked_body:
+            headers.append((b"transfer-encoding", b"chunked"))
+        if route.fixed_host is not None:
+            _set_host(headers, route.fixed_host)
+        for method in route.chain.on_upstream_request:
+            method(ctx, headers)
+        self._headers = headers
+        if route.host_mode != "upstream":
+            self._head = _head(ctx, headers)
 
     async def _connect(self, peer: Peer) -> None:
         try:
@@ -173,7 +182,7 @@ class ProxyExchange:
         conn.attach(self, ctx.method)
         head = self._head
         if not head:
-            assert self._peer is not None
+            assert self._peer is not None and self._headers is not None
             headers = list(self._headers)
             _set_host(headers, self._peer.host_header)
             head = _head(ctx, headers)
