@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ferryman.config.schema import AccessLog as AccessLogConfig
 from ferryman.config.schema import Config, PluginRef, Route, Server
@@ -20,6 +21,9 @@ from ferryman.proxy.simple import Redirect, Respond
 from ferryman.routing.rewrite import compile_rewrite
 from ferryman.routing.table import CompiledRoute, HostTable, VirtualHost
 from ferryman.upstream.group import UpstreamGroup, single_peer_group
+
+if TYPE_CHECKING:
+    from ferryman.forward.service import ForwardProxy
 
 
 class BuildError(Exception):
@@ -40,6 +44,7 @@ class Runtime:
                 per_address.setdefault(address, []).append((vhost, server.default))
         for address, vhosts in per_address.items():
             self.hosts[address] = HostTable(vhosts)
+        self.forward = _build_forward(config, self.hosts)
 
     def _vhost(self, si: int, server: Server) -> VirtualHost:
         access = server.access_log or self.config.log.access
@@ -115,6 +120,20 @@ class Runtime:
             route.access_log,
             route,
         )
+
+
+def _build_forward(config: Config, hosts: dict[str, HostTable]) -> ForwardProxy | None:
+    """The forward proxy (``forward:``), with host tables for its own listeners."""
+    if config.forward is None:
+        return None
+    from ferryman.forward.service import ForwardBuildError, ForwardProxy
+
+    try:
+        forward = ForwardProxy(config.forward)
+    except ForwardBuildError as e:
+        raise BuildError(str(e)) from None
+    forward.add_host_tables(hosts)
+    return forward
 
 
 def load_plugin(ref: PluginRef, where: str) -> Filter:

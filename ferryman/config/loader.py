@@ -38,7 +38,9 @@ def parse_config(text: str, name: str = "<config>") -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{name}:{node.start_mark.line + 1}: the top level must be a mapping")
     try:
-        return Config.model_validate(data)
+        # Relative file paths in the config (htpasswd, ...) are read beside it.
+        base = str(Path(name).resolve().parent) if name != "<config>" else None
+        return Config.model_validate(data, context={"config_dir": base})
     except ValidationError as e:
         raise ConfigError(_describe(e, node, name)) from None
 

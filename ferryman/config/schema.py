@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from ferryman.config.forward import Forward
 from ferryman.config.units import parse_duration, parse_size
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -280,6 +281,8 @@ class Config(Model):
     log: Log = Log()
     upstreams: dict[str, Upstream] = Field(default_factory=dict)
     servers: list[Server] = Field(default_factory=list)
+    # The forward proxy (HTTP, CONNECT, SOCKS5): see ``config/forward.py``.
+    forward: Forward | None = None
 
     @field_validator("trusted_proxies")
     @classmethod

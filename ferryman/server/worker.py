@@ -38,8 +38,12 @@ async def serve(config: Config, runtime: Runtime | None = None) -> int:
     for address, hosts in runtime.hosts.items():
         sock = open_socket(address)
         listener = Listener(address, hosts, config.limits)
+        if runtime.forward is not None:
+            listener.forward = runtime.forward.http_for(address)
         listeners.append(listener)
         servers.append(await loop.create_server(_factory(listener), sock=sock))
+    if runtime.forward is not None:
+        servers += await runtime.forward.open_socks()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -83,7 +87,9 @@ def check_bind(config: Config) -> None:
     """Fail early, before any worker starts, if an address cannot be bound. Binding without
     SO_REUSEPORT also refuses a port another running instance holds, which the workers'
     own SO_REUSEPORT sockets would otherwise silently share."""
-    for server in config.servers:
-        for address in server.listen:
-            sock: socket.socket = open_socket(address, reuse_port=False, backlog=1)
-            sock.close()
+    addresses = {a for server in config.servers for a in server.listen}
+    if config.forward is not None:
+        addresses.update(config.forward.listen + config.forward.socks5_listen)
+    for address in sorted(addresses):
+        sock: socket.socket = open_socket(address, reuse_port=False, backlog=1)
+        sock.close()

@@ -1,0 +1,177 @@
+"""Proxy authentication: users from an htpasswd file or the config, Basic credentials.
+
+Hashes are bcrypt (``$2a$``/``$2b$``/``$2y$``, checked by the ``bcrypt`` package) or
+SHA-crypt (``$5$``/``$6$``, :mod:`ferryman.forward.shacrypt`). Checking one costs
+milliseconds (SHA-crypt) to a quarter second (bcrypt), and clients send their credentials
+with every request, so a successful check is remembered for ``cache_ttl`` as an HMAC of the
+password under a key made at start-up; a later request is compared against it in constant
+time and costs microseconds. Checks run in a thread so the event loop never waits on bcrypt.
+
+An unknown user is checked against a dummy hash of the same cost, so timing does not tell
+which names exist. The htpasswd file is read again when its modification time changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import time
+from collections.abc import Mapping
+
+import bcrypt
+
+from ferryman.config.forward import ForwardAuth
+from ferryman.forward import shacrypt
+
+_SUPPORTED = ("$2a$", "$2b$", "$2y$", "$5$", "$6$")
+_RECHECK_FILE = 2.0  # seconds between stat() calls on the htpasswd file
+
+
+class AuthConfigError(ValueError):
+    pass
+
+
+def parse_basic(value: bytes | None) -> tuple[str, str] | None:
+    """``Basic base64(user:password)`` into (user, password); None if absent or malformed."""
+    if not value:
+        return None
+    scheme, _, token = value.strip().partition(b" ")
+    if scheme.lower() != b"basic":
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    if not sep:
+        return None
+    return user, password
+
+
+def check_hash(hashed: str, where: str) -> None:
+    if not hashed.startswith(_SUPPORTED):
+        raise AuthConfigError(
+            f"{where}: unsupported password hash; use bcrypt (htpasswd -B) or "
+            "SHA-crypt ($5$/$6$, as openssl passwd -5/-6 makes)"
+        )
+
+
+def read_htpasswd(path: str) -> dict[str, str]:
+    users: dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise AuthConfigError(f"{path}: cannot read: {e.strerror}") from None
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, hashed = line.partition(":")
+        if not sep or not user:
+            raise AuthConfigError(f"{path}:{n}: expected user:hash")
+        check_hash(hashed, f"{path}:{n}")
+        users[user] = hashed
+    return users
+
+
+def verify_hash(password: str, hashed: str) -> bool:
+    """Constant-time check of ``password`` against one supported hash."""
+    secret = password.encode("utf-8")
+    if hashed.startswith("$2"):
+        try:
+            return bcrypt.checkpw(secret[:72], hashed.encode("ascii"))
+        except ValueError:
+            return False
+    return shacrypt.verify(secret, hashed)
+
+
+_DUMMY_BCRYPT = bcrypt.hashpw(b"ferryman-dummy", bcrypt.gensalt(rounds=10)).decode()
+
+
+class Authenticator:
+    def __init__(self, config: ForwardAuth) -> None:
+        self.realm = config.realm
+        self.challenge = b'Basic realm="%s", charset="UTF-8"' % config.realm.encode("latin-1")
+        self._path = config.htpasswd
+        self._config_users = {name: u.password for name, u in config.users.items()}
+        for name, h in self._config_users.items():
+            check_hash(h, f"forward.auth.users.{name}")
+        self._mtime = 0.0
+        self._checked = 0.0
+        self._file_users: dict[str, str] = {}
+        if self._path is not None:
+            self._mtime = os.stat(self._path).st_mtime
+            self._file_users = read_htpasswd(self._path)
+        groups: dict[str, set[str]] = {}
+        for name, u in config.users.items():
+            for g in u.groups:
+                groups.setdefault(name, set()).add(g)
+        for g, members in config.groups.items():
+            for name in members:
+                groups.setdefault(name, set()).add(g)
+        self._groups = {name: frozenset(gs) for name, gs in groups.items()}
+        self._ttl = config.cache_ttl
+        self._key = os.urandom(32)
+        self._cache: dict[str, tuple[bytes, float]] = {}
+        self._checks = asyncio.Semaphore(4)  # bounds the CPU a flood of bad passwords takes
+
+    def groups(self, user: str) -> frozenset[str]:
+        return self._groups.get(user, frozenset())
+
+    @property
+    def users(self) -> Mapping[str, str]:
+        self._reload_if_changed()
+        return {**self._file_users, **self._config_users}
+
+    def _reload_if_changed(self) -> None:
+        if self._path is None:
+            return
+        now = time.monotonic()
+        if now - self._checked < _RECHECK_FILE:
+            return
+        self._checked = now
+        try:
+            mtime = os.stat(self._path).st_mtime
+            if mtime != self._mtime:
+                self._file_users = read_htpasswd(self._path)
+                self._mtime = mtime
+                self._cache.clear()
+        except (OSError, AuthConfigError):
+            pass  # keep the users we have; a half-written file must not lock everyone out
+
+    def _mac(self, user: str, password: str) -> bytes:
+        msg = user.encode("utf-8") + b"\0" + password.encode("utf-8")
+        return hmac.new(self._key, msg, hashlib.sha256).digest()
+
+    def cached(self, user: str, password: str) -> bool:
+        """True when these credentials were verified less than ``cache_ttl`` ago."""
+        self._reload_if_changed()
+        entry = self._cache.get(user)
+        if entry is None:
+            return False
+        mac, expires = entry
+        if time.monotonic() >= expires:
+            del self._cache[user]
+            return False
+        return hmac.compare_digest(mac, self._mac(user, password))
+
+    async def verify(self, user: str, password: str) -> bool:
+        if self.cached(user, password):
+            return True
+        hashed = self.users.get(user)
+        async with self._checks:
+            loop = asyncio.get_running_loop()
+            if hashed is None:
+                await loop.run_in_executor(None, verify_hash, password, _DUMMY_BCRYPT)
+                return False
+            ok = await loop.run_in_executor(None, verify_hash, password, hashed)
+        if ok:
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            self._cache[user] = (self._mac(user, password), time.monotonic() + self._ttl)
+        return ok

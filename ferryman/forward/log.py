@@ -1,0 +1,65 @@
+"""The forward proxy's access log: one line per request and per tunnel.
+
+Fields: time, client address and port, user, protocol, method, destination, status, bytes
+from the client (``up``) and to it (``down``), duration, the address actually connected to,
+and the reason for a refusal. ``text`` writes ``key=value`` pairs (values with spaces are
+quoted), ``json`` one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from ferryman.config.forward import ForwardLog
+from ferryman.context import RequestContext
+from ferryman.filters.base import Filter
+from ferryman.observe.logwriter import writer_for
+
+
+def record(ctx: RequestContext) -> dict[str, Any]:
+    splice = ctx.state.get("splice")
+    if splice is not None:
+        up, down = splice.bytes_up, splice.bytes_down
+    else:
+        up, down = ctx.bytes_received, ctx.bytes_sent
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ctx.start)),
+        "client": f"{ctx.client_addr}:{ctx.client_port}",
+        "user": ctx.user or "-",
+        "proto": ctx.scheme,
+        "method": ctx.method,
+        "dest": ctx.host or "-",
+        "status": ctx.status,
+        "up": up,
+        "down": down,
+        "duration": round(ctx.duration, 3),
+        "upstream": ctx.upstream_addr or "-",
+        "reason": ctx.error or "-",
+    }
+
+
+def text_line(rec: dict[str, Any]) -> str:
+    parts = []
+    for k, v in rec.items():
+        s = str(v)
+        if not s or any(c in s for c in ' "='):
+            s = json.dumps(s)
+        parts.append(f"{k}={s}")
+    return " ".join(parts)
+
+
+class ForwardAccessLog(Filter):
+    def __init__(self, config: ForwardLog) -> None:
+        super().__init__()
+        self.enabled = config.enabled
+        self.json = config.format == "json"
+        self._writer = writer_for(config.path)
+
+    def on_log(self, ctx: RequestContext) -> None:
+        if not self.enabled:
+            return
+        rec = record(ctx)
+        line = json.dumps(rec, separators=(",", ":")) if self.json else text_line(rec)
+        self._writer.write(line.encode("utf-8", "replace") + b"\n")
