@@ -20,6 +20,8 @@ from ferryman.proxy.forward import ProxyRoute
 from ferryman.proxy.simple import Redirect, Respond
 from ferryman.routing.rewrite import compile_rewrite
 from ferryman.routing.table import CompiledRoute, HostTable, VirtualHost
+from ferryman.server.tls import build_listener_tls
+from ferryman.tls import TlsError
 from ferryman.upstream.group import UpstreamGroup, single_peer_group
 
 if TYPE_CHECKING:
@@ -35,7 +37,15 @@ class Runtime:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.groups = {name: UpstreamGroup(name, up) for name, up in config.upstreams.items()}
+        try:
+            self.groups = {name: UpstreamGroup(name, up) for name, up in config.upstreams.items()}
+            by_address: dict[str, list[Server]] = {}
+            for server in config.servers:
+                for address in server.listen:
+                    by_address.setdefault(address, []).append(server)
+            self.tls = build_listener_tls(by_address, config.http2)
+        except TlsError as e:
+            raise BuildError(str(e)) from None
         self.hosts: dict[str, HostTable] = {}
         per_address: dict[str, list[tuple[VirtualHost, bool]]] = {}
         for si, server in enumerate(config.servers):
@@ -88,8 +98,11 @@ class Runtime:
             else:
                 assert route.proxy.url is not None
                 address = route.proxy.url.split("://", 1)[1].rstrip("/")
+                secure = route.proxy.url.lower().startswith("https://")
                 if ":" not in address.rsplit("]", 1)[-1]:
-                    address += ":80"
+                    address += ":443" if secure else ":80"
+                if secure:
+                    address = "https://" + address
                 group = self.groups.setdefault(
                     f"url:{address}", single_peer_group(route.proxy.url, address)
                 )

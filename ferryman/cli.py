@@ -25,11 +25,22 @@ def main(argv: list[str] | None = None) -> int:
     proxy.add_argument("--to", action="append", required=True, help="upstream URL (repeatable)")
     proxy.add_argument("--workers", type=int, default=1)
     sub.add_parser("version", help="print the version")
+    cert = sub.add_parser("cert", help="make a development certificate signed by a local CA")
+    cert.add_argument("names", nargs="+", help="DNS names, *.wildcards or IP addresses")
+    cert.add_argument("--cert", help="certificate file (default: ./NAME.pem)")
+    cert.add_argument("--key", help="private key file (default: ./NAME.key)")
+    cert.add_argument(
+        "--ca-dir",
+        help="the CA's directory (default: $FERRYMAN_CA_DIR or ~/.local/share/ferryman/ca)",
+    )
+    cert.add_argument("--days", type=int, default=825)
     args = parser.parse_args(argv)
 
     if args.command == "version":
         print(f"ferryman {__version__}")
         return 0
+    if args.command == "cert":
+        return make_cert_command(args.names, args.cert, args.key, args.ca_dir, args.days)
     try:
         if args.command == "check":
             config = load_config(args.config)
@@ -51,6 +62,28 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"ferryman: {e}", file=sys.stderr)
         return 1
+
+
+def make_cert_command(
+    names: list[str], cert: str | None, key: str | None, ca_dir: str | None, days: int
+) -> int:
+    from pathlib import Path
+
+    from ferryman.tls import TlsError
+    from ferryman.tls.certs import CA_CERT, default_ca_dir, make_cert
+
+    stem = names[0].replace("*", "_wildcard")
+    cert_path = Path(cert or f"{stem}.pem")
+    key_path = Path(key or f"{stem}.key")
+    ca = Path(ca_dir) if ca_dir else default_ca_dir()
+    try:
+        make_cert(names, cert_path, key_path, ca, days)
+    except (TlsError, OSError) as e:
+        print(f"ferryman: {e}", file=sys.stderr)
+        return 1
+    print(f"certificate {cert_path} (key {key_path}) for {', '.join(names)}")
+    print(f"signed by {ca / CA_CERT}: trust that file to trust these certificates")
+    return 0
 
 
 def quick_config(listen: str, targets: list[str]) -> Config:

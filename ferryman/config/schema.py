@@ -59,6 +59,17 @@ def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, in
     return host or "0.0.0.0", port
 
 
+def split_scheme(address: str) -> tuple[str, str]:
+    """``https://host:port`` into ("https", "host:port"); a bare address is "http"."""
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        return "http", address
+    scheme = scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(f"{address!r}: the scheme is http or https")
+    return scheme, rest.rstrip("/")
+
+
 class HeaderEdits(Model):
     """Header changes: ``set`` replaces, ``add`` appends, ``remove`` deletes (by name)."""
 
@@ -79,7 +90,8 @@ class UpstreamServer(Model):
     @field_validator("address")
     @classmethod
     def _address(cls, v: str) -> str:
-        parse_hostport(v)
+        # ``https://host:port`` makes the connection TLS; a bare ``host:port`` is plain.
+        parse_hostport(split_scheme(v)[1], 80)
         return v
 
 
@@ -93,6 +105,26 @@ class Retry(Model):
     non_idempotent: bool = False
 
 
+class UpstreamTls(Model):
+    """TLS toward a group's ``https://`` servers (or all of them with ``enabled``)."""
+
+    enabled: bool = False
+    verify: bool = True
+    # PEM bundle of the CAs to trust; the system's when unset.
+    ca_file: str | None = None
+    # Name sent by SNI and checked against the certificate; the server's host when unset.
+    server_name: str | None = None
+    # Client certificate for upstreams that ask for one (mutual TLS).
+    cert: str | None = None
+    key: str | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> UpstreamTls:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("a client certificate needs both 'cert' and 'key'")
+        return self
+
+
 class Upstream(Model):
     servers: list[UpstreamServer] = Field(min_length=1)
     balance: Literal["round_robin", "least_conn", "hash", "random_two"] = "round_robin"
@@ -102,6 +134,10 @@ class Upstream(Model):
     keepalive_timeout: Duration = 60.0
     keepalive_requests: int = Field(default=1000, ge=1)
     retry: Retry = Retry()
+    tls: UpstreamTls = UpstreamTls()
+    # ``http/1.1`` pools; ``h2c``/``h2`` multiplex streams over HTTP/2 (cleartext or TLS),
+    # which gRPC needs for its trailers.
+    protocol: Literal["http/1.1", "h2c", "h2"] = "http/1.1"
 
     @field_validator("hash_key")
     @classmethod
@@ -144,8 +180,8 @@ class ProxyHandler(Model):
     def _one_target(self) -> ProxyHandler:
         if (self.upstream is None) == (self.url is None):
             raise ValueError("proxy needs exactly one of 'upstream' or 'url'")
-        if self.url is not None and not re.match(r"^http://[^/]+/?$", self.url):
-            raise ValueError("url must look like http://host:port")
+        if self.url is not None and not re.match(r"^https?://[^/]+/?$", self.url):
+            raise ValueError("url must look like http://host:port or https://host:port")
         return self
 
 
@@ -233,6 +269,73 @@ class Route(Model):
         return self
 
 
+class Tls(Model):
+    """TLS on a server's listeners. The certificate answers for the server's ``server_names``
+    by SNI; the default server's certificate answers everything else. The protocol settings
+    of the default (else first) TLS server on an address hold for the whole listener."""
+
+    cert: str
+    key: str
+    # Make a development certificate (signed by the local CA of ``ferryman cert``) for the
+    # server names when the files are missing, so an example runs from a fresh clone.
+    auto_create: bool = False
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+    max_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.3"
+    # OpenSSL cipher string for TLS 1.2 (TLS 1.3 suites are OpenSSL's defaults): ECDHE with
+    # AEAD only, Mozilla's "intermediate" profile.
+    ciphers: str = (
+        "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+        "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+        "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+    )
+    # Offered by ALPN, in order of preference; ``h2`` only when ``http2.enabled``.
+    alpn: tuple[Literal["h2", "http/1.1"], ...] = ("h2", "http/1.1")
+    session_tickets: bool = True
+    # TLS 1.3 tickets sent after a full handshake (each one resumes one later connection).
+    session_ticket_count: int = Field(default=2, ge=0, le=16)
+
+    @model_validator(mode="after")
+    def _versions(self) -> Tls:
+        if self.min_version > self.max_version:
+            raise ValueError("min_version is above max_version")
+        return self
+
+
+class Http2(Model):
+    """HTTP/2 toward clients: over TLS by ALPN, and optionally h2c by prior knowledge."""
+
+    enabled: bool = True
+    # Cleartext HTTP/2 with prior knowledge on plain listeners (curl --http2-prior-knowledge).
+    h2c: bool = False
+    max_concurrent_streams: int = Field(default=128, ge=1, le=10000)
+    max_header_list_size: Size = 65536
+    # Receive windows: per stream and for the whole connection. Large, so one big upload is
+    # not throttled by round trips; a paused handler stops acknowledging, which bounds memory.
+    initial_window_size: Size = 1 << 20
+    connection_window_size: Size = 16 << 20
+    max_frame_size: Size = 16384
+    # Abuse limits, per connection and second; over them the connection gets GOAWAY
+    # ENHANCE_YOUR_CALM and is closed (rapid reset, CVE-2023-44487; SETTINGS/PING floods).
+    max_resets_per_second: int = Field(default=200, ge=1)
+    max_control_frames_per_second: int = Field(default=200, ge=1)
+    max_streams_per_connection: int = Field(default=100000, ge=1)
+    idle_timeout: Duration = 180.0
+
+    @field_validator("initial_window_size", "connection_window_size")
+    @classmethod
+    def _window(cls, v: int) -> int:
+        if not 65535 <= v <= 2**31 - 1:
+            raise ValueError("a window is between 64k and 2g-1")
+        return v
+
+    @field_validator("max_frame_size")
+    @classmethod
+    def _frame(cls, v: int) -> int:
+        if not 16384 <= v <= 2**24 - 1:
+            raise ValueError("max_frame_size is between 16k and 16m-1")
+        return v
+
+
 class Server(Model):
     listen: list[str] = Field(min_length=1)
     server_names: list[str] = Field(default_factory=list)
@@ -244,6 +347,7 @@ class Server(Model):
     # Body of Ferryman's own errors (404 no route, 502, 504): ``json`` or ``html``.
     error_format: Literal["json", "html"] = "json"
     access_log: AccessLog | None = None
+    tls: Tls | None = None
 
     @field_validator("listen")
     @classmethod
@@ -279,6 +383,7 @@ class Config(Model):
     trusted_proxies: list[str] = Field(default_factory=list)
     limits: Limits = Limits()
     log: Log = Log()
+    http2: Http2 = Http2()
     upstreams: dict[str, Upstream] = Field(default_factory=dict)
     servers: list[Server] = Field(default_factory=list)
     # The forward proxy (HTTP, CONNECT, SOCKS5): see ``config/forward.py``.
@@ -300,6 +405,15 @@ class Config(Model):
                     raise LocatedError(
                         ("servers", si, "routes", ri, "proxy", "upstream"),
                         f"unknown upstream {up!r}",
+                    )
+        tls_of: dict[str, bool] = {}
+        for si, server in enumerate(self.servers):
+            for address in server.listen:
+                has = server.tls is not None
+                if tls_of.setdefault(address, has) != has:
+                    raise LocatedError(
+                        ("servers", si, "tls"),
+                        f"{address}: every server on one address is TLS, or none is",
                     )
         return self
 

@@ -42,6 +42,11 @@ VARIABLES: dict[str, Field] = {
     "host": lambda c: c.host,
     "scheme": lambda c: c.scheme,
     "error": lambda c: c.error or "-",
+    "ssl_protocol": lambda c: c.tls.get("protocol", "-") if c.tls else "-",
+    "ssl_cipher": lambda c: c.tls.get("cipher", "-") if c.tls else "-",
+    "ssl_server_name": lambda c: c.tls.get("server_name") or "-" if c.tls else "-",
+    "ssl_session_reused": lambda c: c.tls.get("session_reused", "-") if c.tls else "-",
+    "server_protocol": lambda c: f"HTTP/{c.version}",
     "http_referer": _header("referer"),
     "http_user_agent": _header("user-agent"),
 }

@@ -19,7 +19,7 @@ import logging
 from collections import deque
 from typing import Any
 
-from ferryman.context import RequestContext
+from ferryman.context import RequestContext, Response
 from ferryman.filters.base import FilterChain
 from ferryman.http.errors import error_body
 from ferryman.http.h1 import (
@@ -33,8 +33,8 @@ from ferryman.http.h1 import (
 from ferryman.http.headers import HeaderList
 from ferryman.proxy.api import Exchange, Tunnel
 from ferryman.routing.table import CompiledRoute, VirtualHost
+from ferryman.server import pipeline
 from ferryman.server.listener import Listener
-from ferryman.server.tasks import spawn
 
 log = logging.getLogger("ferryman")
 
@@ -49,6 +49,7 @@ class H1Connection(asyncio.Protocol):
         "_chunked",
         "_deadline",
         "_discard",
+        "_expect",
         "_loop",
         "_out",
         "_pause_handler",
@@ -68,6 +69,7 @@ class H1Connection(asyncio.Protocol):
         "listener",
         "parser",
         "requests",
+        "tls",
         "transport",
         "tunnel",
         "vhost",
@@ -94,6 +96,9 @@ class H1Connection(asyncio.Protocol):
         self._started = False
         self._request_done = True
         self._discard = False
+        self._expect = False
+        # TLS facts shared by the connection's requests (None on plain listeners).
+        self.tls: dict[str, str] | None = None
         self._queue: deque[list[Any]] | None = None
         self._pending: list[bytes] | None = None  # body read while async filters run
         self._pause_queue = False
@@ -227,6 +232,7 @@ class H1Connection(asyncio.Protocol):
             head.headers,
             head.host.decode("latin-1"),
         )
+        ctx.tls = self.tls
         self.ctx = ctx
         if head.has_body:
             self._arm(limits.client_body_timeout)
@@ -239,42 +245,14 @@ class H1Connection(asyncio.Protocol):
                 return
             if not self._origin_form(ctx, head):
                 return
-        vhost = self.vhost = listener.hosts.lookup(head.host)
-        route = vhost.match(ctx.path)
-        ctx.route = route
-        if route is None:
-            self.respond(
-                404, [(b"content-type", b"application/json")], b'{"error": "Route not found"}'
-            )
-            return
         if head.upgrade:
             upgrade = next((v for k, v in head.headers if k == b"upgrade"), b"")
             if upgrade.lower() == b"websocket" and head.method == "GET":
                 ctx.state["upgrade"] = upgrade
             elif head.has_body:
                 self.keep_alive = False  # the parser stopped at the head: it cannot go on
-        if route.methods is not None and head.method not in route.methods:
-            self.respond(405, [(b"allow", ", ".join(sorted(route.methods)).encode())], b"")
-            return
-        if head.content_length is not None and head.content_length > route.max_body_size:
-            self.keep_alive = False
-            self.error(413, "the request body is larger than allowed")
-            return
-        rewrite = route.rewrite
-        if rewrite is not None:
-            path = rewrite(ctx.path)
-            ctx.upstream_target = path + b"?" + ctx.query if ctx.query else path
-        chain = route.chain
-        if chain.on_request:
-            if chain.on_request_async:
-                self._pending = []
-                spawn(self._filter_async(ctx, route, chain, head), "request filters")
-                return
-            answer = chain.run_request_sync(ctx)
-            if answer is not None:
-                self.respond(answer.status, answer.headers, answer.body)
-                return
-        self._dispatch(ctx, route, head)
+        self._expect = head.expect_continue
+        pipeline.start(self, listener.hosts, ctx, head.host, head.content_length)
 
     def _origin_form(self, ctx: RequestContext, head: RequestHead) -> bool:
         """An absolute-form target on a reverse-proxy listener: take the authority as Host."""
@@ -298,32 +276,34 @@ class H1Connection(asyncio.Protocol):
         self.error(400, "invalid request target")
         return False
 
-    async def _filter_async(
-        self, ctx: RequestContext, route: CompiledRoute, chain: FilterChain, head: RequestHead
+    # pipeline.Side
+
+    def hold_body(self) -> None:
+        self._pending = []
+
+    def filters_done(
+        self, ctx: RequestContext, route: CompiledRoute, answer: Response | None
     ) -> None:
-        try:
-            answer = await chain.run_request_async(ctx)
-        except Exception as e:
-            log.exception("request filter failed")
-            self._internal_error(e)
-            return
         if self.ctx is not ctx or self._state == CLOSED:
             return
         pending, self._pending = self._pending, None
         if answer is not None:
             self.respond(answer.status, answer.headers, answer.body)
             return
-        self._dispatch(ctx, route, head)
+        self.dispatch(ctx, route)
         if self.exchange is not None and pending:
             for data in pending:
                 self.exchange.on_request_body(data)
         if self.exchange is not None and self._request_done:
             self.exchange.on_request_end()
 
-    def _dispatch(self, ctx: RequestContext, route: CompiledRoute, head: RequestHead) -> None:
-        if head.expect_continue and not self._request_done and self.transport is not None:
+    def dispatch(self, ctx: RequestContext, route: CompiledRoute) -> None:
+        if self._expect and not self._request_done and self.transport is not None:
             self.transport.write(_CONTINUE)
         self.exchange = route.handler.start(ctx, self)
+
+    def internal_error(self, exc: Exception) -> None:
+        self._internal_error(exc)
 
     # request body
 

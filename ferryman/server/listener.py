@@ -5,13 +5,15 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING, Any
 
+from ferryman.config.schema import Http2, parse_hostport
 from ferryman.config.schema import Limits as LimitsConfig
-from ferryman.config.schema import parse_hostport
 from ferryman.http.h1 import Limits
 from ferryman.routing.table import HostTable
 
 if TYPE_CHECKING:
     from ferryman.server.h1 import H1Connection
+    from ferryman.server.h2 import H2Server
+    from ferryman.server.tls import ListenerTls
 
 
 class Listener:
@@ -21,10 +23,12 @@ class Listener:
         "draining",
         "forward",
         "hosts",
+        "http2",
         "limits",
         "parser_limits",
         "port",
         "scheme",
+        "tls",
     )
 
     def __init__(
@@ -34,6 +38,8 @@ class Listener:
         limits: LimitsConfig,
         scheme: str = "http",
         forward: Any = None,
+        tls: ListenerTls | None = None,
+        http2: Http2 | None = None,
     ) -> None:
         self.address = address
         self.port = parse_hostport(address)[1]
@@ -42,10 +48,12 @@ class Listener:
         self.parser_limits = Limits(
             limits.max_request_line, limits.max_header_size, limits.max_headers
         )
-        self.scheme = scheme
+        self.scheme = "https" if tls is not None else scheme
+        self.tls = tls
+        self.http2 = http2 or Http2()
         # The forward-proxy side for absolute-form requests and CONNECT, when configured.
         self.forward = forward
-        self.connections: set[H1Connection] = set()
+        self.connections: set[H1Connection | H2Server] = set()
         self.draining = False
 
 

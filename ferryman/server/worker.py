@@ -10,7 +10,7 @@ import socket
 from ferryman.build import Runtime
 from ferryman.config.schema import Config
 from ferryman.observe.logwriter import flush_all
-from ferryman.server.h1 import H1Connection
+from ferryman.server.accept import factory
 from ferryman.server.listener import Listener, open_socket
 
 log = logging.getLogger("ferryman")
@@ -37,11 +37,19 @@ async def serve(config: Config, runtime: Runtime | None = None) -> int:
     servers: list[asyncio.AbstractServer] = []
     for address, hosts in runtime.hosts.items():
         sock = open_socket(address)
-        listener = Listener(address, hosts, config.limits)
+        tls = runtime.tls.get(address)
+        listener = Listener(address, hosts, config.limits, tls=tls, http2=config.http2)
         if runtime.forward is not None:
             listener.forward = runtime.forward.http_for(address)
         listeners.append(listener)
-        servers.append(await loop.create_server(_factory(listener), sock=sock))
+        servers.append(
+            await loop.create_server(
+                factory(listener),
+                sock=sock,
+                ssl=tls.context if tls is not None else None,
+                ssl_handshake_timeout=config.limits.client_header_timeout if tls else None,
+            )
+        )
     if runtime.forward is not None:
         servers += await runtime.forward.open_socks()
     stop = asyncio.Event()
@@ -54,13 +62,6 @@ async def serve(config: Config, runtime: Runtime | None = None) -> int:
         group.pool.close()
     flush_all()
     return 0
-
-
-def _factory(listener: Listener) -> type[H1Connection] | object:
-    def make() -> H1Connection:
-        return H1Connection(listener)
-
-    return make
 
 
 async def drain(

@@ -10,6 +10,7 @@ from ferryman.http.headers import get
 from ferryman.upstream.balancer import BALANCERS, Balancer, RoundRobin
 from ferryman.upstream.peer import Peer
 from ferryman.upstream.pool import Pool
+from ferryman.upstream.tls import client_context
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
@@ -24,7 +25,17 @@ class UpstreamGroup:
         self.primary: Balancer = kind([p for p in self.peers if not p.backup])
         backups = [p for p in self.peers if p.backup]
         self.backup: Balancer | None = kind(backups) if backups else None
-        self.pool = Pool(config.keepalive, config.keepalive_timeout, config.keepalive_requests)
+        if config.tls.enabled:
+            for p in self.peers:
+                p.tls = True
+        tls = client_context(config.tls) if any(p.tls for p in self.peers) else None
+        self.pool = Pool(
+            config.keepalive,
+            config.keepalive_timeout,
+            config.keepalive_requests,
+            tls,
+            config.tls.server_name,
+        )
         self.retry: Retry = config.retry
         self.retry_statuses = frozenset(
             int(c[5:]) for c in config.retry.on if c.startswith("http_")

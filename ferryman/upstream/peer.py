@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ferryman.config.schema import parse_hostport
+from ferryman.config.schema import parse_hostport, split_scheme
 
 
 class Peer:
@@ -19,6 +19,7 @@ class Peer:
         "host_header",
         "max_fails",
         "port",
+        "tls",
         "weight",
     )
 
@@ -31,9 +32,13 @@ class Peer:
         fail_timeout: float = 10.0,
     ) -> None:
         self.address = address
-        self.host, self.port = parse_hostport(address, 80)
+        scheme, hostport = split_scheme(address)
+        self.tls = scheme == "https"  # the group's ``tls.enabled`` may also turn it on
+        default_port = 443 if self.tls else 80
+        self.host, self.port = parse_hostport(hostport, default_port)
         host = f"[{self.host}]" if ":" in self.host else self.host
-        self.host_header = (host if self.port == 80 else f"{host}:{self.port}").encode("latin-1")
+        port = self.port
+        self.host_header = (host if port == default_port else f"{host}:{port}").encode("latin-1")
         self.weight = weight
         self.backup = backup
         self.max_fails = max_fails

@@ -9,6 +9,7 @@ exchange decides that and calls :meth:`release` or closes it.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
 
 from ferryman.upstream.connection import UpstreamConnection
@@ -16,7 +17,17 @@ from ferryman.upstream.peer import Peer
 
 
 class Pool:
-    def __init__(self, max_idle: int, idle_timeout: float, max_requests: int) -> None:
+    def __init__(
+        self,
+        max_idle: int,
+        idle_timeout: float,
+        max_requests: int,
+        tls: ssl.SSLContext | None = None,
+        server_name: str | None = None,
+    ) -> None:
+        # TLS toward peers marked ``https://`` (or all peers when the group says so).
+        self.tls = tls
+        self.server_name = server_name
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.max_requests = max_requests
@@ -43,9 +54,18 @@ class Pool:
 
     async def connect(self, peer: Peer) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(
-            lambda: UpstreamConnection(peer), peer.host, peer.port
-        )
+        if peer.tls and self.tls is not None:
+            _, conn = await loop.create_connection(
+                lambda: UpstreamConnection(peer),
+                peer.host,
+                peer.port,
+                ssl=self.tls,
+                server_hostname=self.server_name or peer.host,
+            )
+        else:
+            _, conn = await loop.create_connection(
+                lambda: UpstreamConnection(peer), peer.host, peer.port
+            )
         self.active += 1
         return conn
 

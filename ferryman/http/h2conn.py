@@ -1,0 +1,217 @@
+"""HTTP/2 toward clients on the ``h2`` state machine, with Ferryman's limits; no sockets.
+
+Theory of operation. :class:`ServerH2` wraps one ``h2`` server connection. Bytes go in through
+:meth:`ServerH2.receive`, events come out, and frames to send collect inside until
+:meth:`ServerH2.take` hands them over. The wrapper adds what ``h2`` leaves to its caller:
+
+* Abuse limits with bounded work per read. Client RST_STREAMs (rapid reset, CVE-2023-44487)
+  and control frames (SETTINGS, PING, PRIORITY) are counted per one-second window; past the
+  limit :class:`Abuse` is raised and the caller sends GOAWAY ENHANCE_YOUR_CALM and closes.
+  ``h2`` itself bounds a header block to 64 CONTINUATION frames and the decoded list to
+  SETTINGS_MAX_HEADER_LIST_SIZE, which turns CONTINUATION floods and HPACK bombs into
+  errors; both close the connection too.
+* Translation of a request's header block into what the pipeline wants (method, target,
+  host, an HTTP/1-shaped header list with ``host`` and joined cookies), and of a response's
+  headers into a block without the connection-specific fields HTTP/2 forbids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import Event, PingReceived, PriorityUpdated, RemoteSettingsChanged, StreamReset
+from h2.exceptions import ProtocolError
+from h2.settings import SettingCodes
+
+from ferryman.http.headers import HOP_BY_HOP, HeaderList, connection_tokens
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+class Abuse(Exception):
+    """The client broke a limit meant to bound its cost; close with ENHANCE_YOUR_CALM."""
+
+
+class BadRequest(Exception):
+    """A request head that cannot be served (a missing pseudo-header, ...): reset the stream."""
+
+
+class Limits:
+    __slots__ = (
+        "connection_window",
+        "initial_window",
+        "max_concurrent_streams",
+        "max_control_per_second",
+        "max_frame_size",
+        "max_header_list_size",
+        "max_resets_per_second",
+    )
+
+    def __init__(
+        self,
+        max_concurrent_streams: int = 128,
+        max_header_list_size: int = 65536,
+        initial_window: int = 1 << 20,
+        connection_window: int = 16 << 20,
+        max_frame_size: int = 16384,
+        max_resets_per_second: int = 200,
+        max_control_per_second: int = 200,
+    ) -> None:
+        self.max_concurrent_streams = max_concurrent_streams
+        self.max_header_list_size = max_header_list_size
+        self.initial_window = initial_window
+        self.connection_window = connection_window
+        self.max_frame_size = max_frame_size
+        self.max_resets_per_second = max_resets_per_second
+        self.max_control_per_second = max_control_per_second
+
+
+_CONFIG = H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True)
+
+
+class ServerH2:
+    __slots__ = ("_control", "_resets", "_window_start", "conn", "limits")
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.conn = H2Connection(config=_CONFIG)
+        # Effective at once, not only after the client's SETTINGS ACK: a client that never
+        # acknowledges must not get the library's more generous defaults meanwhile.
+        self.conn.decoder.max_header_list_size = limits.max_header_list_size
+        self._window_start = 0.0
+        self._resets = 0
+        self._control = 0
+
+    def initiate(self) -> None:
+        conn = self.conn
+        conn.local_settings.max_concurrent_streams = self.limits.max_concurrent_streams
+        conn.initiate_connection()
+        conn.update_settings(
+            {
+                SettingCodes.MAX_CONCURRENT_STREAMS: self.limits.max_concurrent_streams,
+                SettingCodes.MAX_HEADER_LIST_SIZE: self.limits.max_header_list_size,
+                SettingCodes.INITIAL_WINDOW_SIZE: self.limits.initial_window,
+                SettingCodes.MAX_FRAME_SIZE: self.limits.max_frame_size,
+                SettingCodes.ENABLE_PUSH: 0,
+            }
+        )
+        extra = self.limits.connection_window - 65535
+        if extra > 0:
+            conn.increment_flow_control_window(extra)
+
+    def receive(self, data: bytes, now: float) -> list[Event]:
+        """Feed bytes; the events. Raises :class:`Abuse` or ``h2``'s ``ProtocolError``."""
+        events = self.conn.receive_data(data)
+        if now - self._window_start >= 1.0:
+            self._window_start = now
+            self._resets = self._control = 0
+        limits = self.limits
+        for ev in events:
+            if isinstance(ev, StreamReset):
+                if ev.remote_reset:
+                    self._resets += 1
+                    if self._resets > limits.max_resets_per_second:
+                        raise Abuse("too many stream resets (rapid reset)")
+            elif isinstance(ev, PingReceived | RemoteSettingsChanged | PriorityUpdated):
+                self._control += 1
+                if self._control > limits.max_control_per_second:
+                    raise Abuse("too many control frames (SETTINGS/PING/PRIORITY flood)")
+        return events
+
+    def take(self) -> bytes:
+        return self.conn.data_to_send()
+
+    def calm_down(self) -> None:
+        self.conn.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+
+    def protocol_error(self, exc: ProtocolError) -> None:
+        code = getattr(exc, "error_code", None) or ErrorCodes.PROTOCOL_ERROR
+        # The library may have closed the connection on its side already.
+        with contextlib.suppress(ProtocolError):
+            self.conn.close_connection(code)
+
+
+class RequestHead:
+    __slots__ = ("content_length", "headers", "host", "method", "scheme", "target")
+
+    def __init__(
+        self,
+        method: str,
+        scheme: bytes,
+        target: bytes,
+        host: bytes,
+        headers: HeaderList,
+        content_length: int | None,
+    ) -> None:
+        self.method = method
+        self.scheme = scheme
+        self.target = target
+        self.host = host
+        self.headers = headers
+        self.content_length = content_length
+
+
+def request_head(block: list[tuple[bytes, bytes]], ends_stream: bool) -> RequestHead:
+    """An HTTP/2 request header block as the pipeline's request head (RFC 9113 8.3.1)."""
+    method = scheme = path = authority = None
+    headers: HeaderList = []
+    cookies: list[bytes] = []
+    host: bytes | None = None
+    content_length: int | None = None
+    for name, value in block:
+        if name[:1] == b":":
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                path = value
+            elif name == b":scheme":
+                scheme = value
+            elif name == b":authority":
+                authority = value
+            elif name != b":protocol":
+                raise BadRequest(f"unknown pseudo-header {name!r}")
+            continue
+        if name == b"cookie":
+            cookies.append(value)  # split into crumbs by HPACK; HTTP/1.1 wants one line
+            continue
+        if name == b"host":
+            host = value
+        elif name == b"content-length":
+            try:
+                content_length = int(value)
+            except ValueError:
+                raise BadRequest("invalid content-length") from None
+        headers.append((name, value))
+    if method is None:
+        raise BadRequest("no :method")
+    if method == b"CONNECT":
+        raise BadRequest("CONNECT is not served over HTTP/2")
+    if path is None or scheme is None or not path:
+        raise BadRequest("no :path or :scheme")
+    host = authority or host
+    if not host:
+        raise BadRequest("no :authority or host")
+    if authority is not None:
+        headers = [(k, v) for k, v in headers if k != b"host"]
+    headers.insert(0, (b"host", host))
+    if cookies:
+        headers.append((b"cookie", b"; ".join(cookies)))
+    if content_length is None and not ends_stream:
+        # A body of unknown length: HTTP/1.1 upstreams get it chunked.
+        headers.append((b"transfer-encoding", b"chunked"))
+    return RequestHead(method.decode("ascii"), scheme, path, host, headers, content_length)
+
+
+_DROP = HOP_BY_HOP | {b"host"}
+
+
+def response_block(status: int, headers: HeaderList) -> HeaderList:
+    """A response head for HTTP/2: ``:status`` first, connection-specific fields gone."""
+    tokens = connection_tokens(headers)
+    drop = _DROP | tokens if tokens else _DROP
+    out: HeaderList = [(b":status", b"%d" % status)]
+    out += [(k.lower(), v) for k, v in headers if k.lower() not in drop]
+    return out

@@ -1,0 +1,93 @@
+"""The start of every request, whatever protocol it came in on: route, checks, filters, handler.
+
+HTTP/1.1 connections and HTTP/2 streams call :func:`start` once the request head is known,
+with a :class:`RequestContext` already built. What differs between protocols (``100
+Continue``, keeping a connection, where the body waits while async filters run) stays on the
+:class:`Side` that called; what a request means to Ferryman is decided here, once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from ferryman.context import RequestContext, Response
+from ferryman.filters.base import FilterChain
+from ferryman.http.headers import HeaderList
+from ferryman.routing.table import CompiledRoute, HostTable, VirtualHost
+from ferryman.server.tasks import spawn
+
+log = logging.getLogger("ferryman")
+
+_NOT_FOUND = b'{"error": "Route not found"}'
+
+
+class Side(Protocol):
+    """The client side of one request: an HTTP/1.1 connection or an HTTP/2 stream."""
+
+    vhost: VirtualHost | None
+    keep_alive: bool
+
+    def respond(self, status: int, headers: HeaderList, body: bytes) -> None: ...
+    def error(self, status: int, message: str) -> None: ...
+    def dispatch(self, ctx: RequestContext, route: CompiledRoute) -> None:
+        """Hand the request to the route's handler."""
+
+    def hold_body(self) -> None:
+        """Keep body bytes that arrive while async filters run, for :meth:`filters_done`."""
+
+    def filters_done(
+        self, ctx: RequestContext, route: CompiledRoute, answer: Response | None
+    ) -> None:
+        """Async request filters finished: answer, or dispatch and deliver the held body."""
+
+    def internal_error(self, exc: Exception) -> None: ...
+
+
+def start(
+    side: Side,
+    hosts: HostTable,
+    ctx: RequestContext,
+    host: bytes,
+    content_length: int | None,
+) -> None:
+    vhost = side.vhost = hosts.lookup(host)
+    route = vhost.match(ctx.path)
+    ctx.route = route
+    if route is None:
+        side.respond(404, [(b"content-type", b"application/json")], _NOT_FOUND)
+        return
+    if route.methods is not None and ctx.method not in route.methods:
+        side.respond(405, [(b"allow", ", ".join(sorted(route.methods)).encode())], b"")
+        return
+    if content_length is not None and content_length > route.max_body_size:
+        side.keep_alive = False
+        side.error(413, "the request body is larger than allowed")
+        return
+    rewrite = route.rewrite
+    if rewrite is not None:
+        path = rewrite(ctx.path)
+        ctx.upstream_target = path + b"?" + ctx.query if ctx.query else path
+    chain = route.chain
+    if chain.on_request:
+        if chain.on_request_async:
+            side.hold_body()
+            spawn(_filter_async(side, ctx, route, chain), "request filters")
+            return
+        answer = chain.run_request_sync(ctx)
+        if answer is not None:
+            side.respond(answer.status, answer.headers, answer.body)
+            return
+    side.dispatch(ctx, route)
+
+
+async def _filter_async(
+    side: Side, ctx: RequestContext, route: CompiledRoute, chain: FilterChain
+) -> None:
+    try:
+        answer = await chain.run_request_async(ctx)
+    except Exception as e:
+        log.exception("request filter failed")
+        side.internal_error(e)
+        return
+    side.filters_done(ctx, route, answer)
