@@ -8,6 +8,7 @@ the model validators so that errors point at the key that is wrong.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from typing import Annotated, Any, Literal
 
@@ -16,6 +17,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -98,7 +100,9 @@ class UpstreamServer(Model):
 class Retry(Model):
     tries: int = Field(default=3, ge=1, le=20)
     timeout: Duration = 0.0  # total time for all tries; 0 = unbounded
-    on: list[Literal["error", "timeout", "http_500", "http_502", "http_503", "http_504"]] = Field(
+    # When to try the next server (nginx's proxy_next_upstream). Not called ``on``: YAML
+    # reads that key as a boolean.
+    when: list[Literal["error", "timeout", "http_500", "http_502", "http_503", "http_504"]] = Field(
         default_factory=lambda: ["error", "timeout"]
     )
     # Replay POST/PATCH/... after their body went out (nginx: non_idempotent). Off: safe.
@@ -198,6 +202,89 @@ class RedirectHandler(Model):
     status: Literal[301, 302, 303, 307, 308] = 301
 
 
+class StaticHandler(Model):
+    """Files from a directory. ``root`` appends the whole URL path to the directory (nginx
+    ``root``); ``alias`` replaces the route's prefix with it (nginx ``alias``)."""
+
+    root: str | None = None
+    alias: str | None = None
+    index: list[str] = Field(default_factory=lambda: ["index.html"])
+    # ``Expires`` and ``Cache-Control: max-age``; unset sends neither.
+    expires: Duration | None = None
+    # Added to Cache-Control, such as ``public, immutable``.
+    cache_control: str | None = None
+    etag: bool = True
+    last_modified: bool = True
+    # Extension (``.ext``) to content type, over Python's ``mimetypes`` table.
+    types: dict[str, str] = Field(default_factory=dict)
+    default_type: str = "application/octet-stream"
+    # Appended to text/* types (and JavaScript, JSON) that name no charset.
+    charset: str | None = "utf-8"
+    # Symlinks whose target lies outside the directory are refused unless this is set.
+    follow_outside_symlinks: bool = False
+    # Files and directories whose name starts with "." (.git, .env) are not served.
+    dotfiles: bool = False
+    # Off: a directory without an index file is 403; on: an HTML listing.
+    listing: bool = False
+    # Send large files with sendfile(2) where the transport allows it.
+    sendfile: bool = True
+
+    @field_validator("root", "alias")
+    @classmethod
+    def _beside_config(cls, v: str | None, info: ValidationInfo) -> str | None:
+        # A relative directory is read beside the config file, whatever the working directory.
+        base = (info.context or {}).get("config_dir")
+        if v is not None and base and not os.path.isabs(v):
+            return os.path.join(base, v)
+        return v
+
+    @model_validator(mode="after")
+    def _one_dir(self) -> StaticHandler:
+        if (self.root is None) == (self.alias is None):
+            raise ValueError("static needs exactly one of 'root' or 'alias'")
+        return self
+
+
+Coding = Literal["br", "zstd", "gzip"]
+_CODINGS: tuple[Coding, ...] = ("br", "zstd", "gzip")
+
+
+class Compression(Model):
+    """Compression of response bodies, negotiated by ``Accept-Encoding``."""
+
+    enabled: bool = True
+    # Media types (without parameters) to compress; ``text/*`` matches a whole family.
+    types: list[str] = Field(
+        default_factory=lambda: [
+            "text/plain",
+            "text/css",
+            "text/html",
+            "text/xml",
+            "text/javascript",
+            "application/json",
+            "application/javascript",
+            "application/xml",
+            "image/svg+xml",
+        ]
+    )
+    # Responses with a smaller Content-Length go out as they are; unknown lengths compress.
+    min_length: Size = 1000
+    # In the server's order of preference when the client rates several equally.
+    algorithms: list[Coding] = Field(default_factory=lambda: list(_CODINGS))
+    # Per algorithm: gzip 1-9 (default 5), br 0-11 (4), zstd 1-22 (3); the defaults favour
+    # speed, as compression happens on every response.
+    level: dict[Coding, int] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _levels(self) -> Compression:
+        bounds = {"gzip": (1, 9), "br": (0, 11), "zstd": (1, 22)}
+        for name, value in self.level.items():
+            low, high = bounds[name]
+            if not low <= value <= high:
+                raise ValueError(f"level.{name} is between {low} and {high}")
+        return self
+
+
 class Rewrite(Model):
     """Path rewrite before proxying: ``strip_prefix``, ``replace_prefix`` or ``regex``."""
 
@@ -248,17 +335,26 @@ class Route(Model):
     proxy: ProxyHandler | None = None
     respond: RespondHandler | None = None
     redirect: RedirectHandler | None = None
+    static: StaticHandler | None = None
     request_headers: HeaderEdits | None = None
     response_headers: HeaderEdits | None = None
     access_log: bool = True
     max_body_size: Size | None = None
+    # Overrides the server's ``compression`` for this route.
+    compression: Compression | None = None
     plugins: list[PluginRef] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _one_handler(self) -> Route:
-        handlers = [h for h in (self.proxy, self.respond, self.redirect) if h is not None]
+        handlers = [
+            h for h in (self.proxy, self.respond, self.redirect, self.static) if h is not None
+        ]
         if len(handlers) != 1:
-            raise ValueError("a route needs exactly one handler: proxy, respond or redirect")
+            raise ValueError(
+                "a route needs exactly one handler: proxy, respond, redirect or static"
+            )
+        if self.static is not None and self.static.alias is not None and self.match == "regex":
+            raise ValueError("static 'alias' needs a prefix or exact path; use 'root'")
         if self.match == "regex":
             try:
                 re.compile(self.path)
@@ -348,6 +444,8 @@ class Server(Model):
     error_format: Literal["json", "html"] = "json"
     access_log: AccessLog | None = None
     tls: Tls | None = None
+    # Response compression for every route of the server (a route's own block wins).
+    compression: Compression | None = None
 
     @field_validator("listen")
     @classmethod

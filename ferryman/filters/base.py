@@ -21,16 +21,24 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from ferryman.context import RequestContext, Response
-from ferryman.http.headers import HeaderList
+from ferryman.http.headers import HeaderList, remove
 
 RequestResult = Response | None | Awaitable[Response | None]
+BodyFilter = Callable[[RequestContext, bytes, bool], bytes]
 
 
 class Filter:
     """Base class for filters. Subclasses override any of the phase methods."""
+
+    # True when ``on_response`` removes Content-Length whenever ``on_response_body`` is going
+    # to change this response's body, and the body phase leaves every other response alone.
+    # A response that keeps its Content-Length then skips the body phase (and may go out by
+    # sendfile). Left False, every response with a body is streamed through the filter and
+    # loses its Content-Length, which is always safe.
+    body_length_aware: ClassVar[bool] = False
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.options: Mapping[str, Any] = options or {}
@@ -58,6 +66,7 @@ class FilterChain:
     """The filters of one route, split per phase; empty phases are empty tuples."""
 
     __slots__ = (
+        "body_length_aware",
         "filters",
         "on_log",
         "on_request",
@@ -82,7 +91,12 @@ class FilterChain:
         self.on_response = bound("on_response")
         # Response phases run in reverse, so the filter nearest the handler sees it first.
         self.on_response = self.on_response[::-1]
-        self.on_response_body = bound("on_response_body")[::-1]
+        self.on_response_body: tuple[BodyFilter, ...] = bound("on_response_body")[::-1]
+        self.body_length_aware = all(
+            f.body_length_aware
+            for f in filters
+            if type(f).on_response_body is not Filter.on_response_body
+        )
         self.on_log = bound("on_log")
 
     def run_request_sync(self, ctx: RequestContext) -> Response | None:
@@ -104,6 +118,36 @@ class FilterChain:
     def run_response(self, ctx: RequestContext, status: int, headers: HeaderList) -> None:
         for method in self.on_response:
             method(ctx, status, headers)
+
+    def body_filters(self, headers: HeaderList) -> tuple[BodyFilter, ...]:
+        """The body filters a response must go through, after ``on_response`` ran on
+        ``headers`` (of a response that has a body). Content-Length is gone from ``headers``
+        whenever the answer is not empty: the body is then streamed."""
+        body = self.on_response_body
+        if not body:
+            return body
+        if not self.body_length_aware:
+            remove(headers, (b"content-length",))
+            return body
+        for k, _ in headers:
+            if k == b"content-length":
+                return ()
+        return body
+
+    def run_whole_response(
+        self, ctx: RequestContext, status: int, headers: HeaderList, body: bytes
+    ) -> bytes:
+        """Both response phases for a response whose whole body is at hand (an error, a
+        redirect, a filter's answer): returns the body to send, its Content-Length set."""
+        headers.append((b"content-length", b"%d" % len(body)))
+        self.run_response(ctx, status, headers)
+        if self.on_response_body and status not in (204, 304) and ctx.method != "HEAD":
+            body_filters = self.body_filters(headers)
+            if body_filters:
+                for method in body_filters:
+                    body = method(ctx, body, True)
+                headers.append((b"content-length", b"%d" % len(body)))
+        return body
 
     def run_log(self, ctx: RequestContext) -> None:
         for method in self.on_log:

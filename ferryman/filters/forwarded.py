@@ -14,6 +14,9 @@ from ferryman.filters.base import Filter
 from ferryman.http.headers import HeaderList
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_FORWARDED = frozenset(
+    {b"x-forwarded-for", b"x-real-ip", b"x-forwarded-proto", b"x-forwarded-host"}
+)
 
 
 class ForwardedHeaders(Filter):
@@ -41,19 +44,26 @@ class ForwardedHeaders(Filter):
         return chain[0] if chain else ctx.client_addr
 
     def on_upstream_request(self, ctx: RequestContext, headers: HeaderList) -> None:
-        incoming = [v for k, v in headers if k == b"x-forwarded-for"]
-        real_ip = self.client_ip(ctx, incoming).encode("latin-1")
-        # Like nginx's $proxy_add_x_forwarded_for: what came in, then the socket's peer.
-        xff = b", ".join([*incoming, ctx.client_addr.encode("latin-1")])
+        peer = ctx.client_addr.encode("latin-1")
         proto = ctx.scheme.encode("ascii")
-        if self._is_trusted(ctx.client_addr):
-            proto = next((v for k, v in headers if k == b"x-forwarded-proto"), proto)
-        drop = (b"x-forwarded-for", b"x-real-ip", b"x-forwarded-proto", b"x-forwarded-host")
-        headers[:] = [(k, v) for k, v in headers if k not in drop]
-        headers.append((b"x-real-ip", real_ip))
-        headers.append((b"x-forwarded-for", xff))
-        headers.append((b"x-forwarded-proto", proto))
-        headers.append((b"x-forwarded-host", ctx.host.encode("latin-1")))
+        real_ip = peer
+        xff = peer
+        prior = [h for h in headers if h[0] in _FORWARDED]
+        if prior:
+            incoming = [v for k, v in prior if k == b"x-forwarded-for"]
+            # Like nginx's $proxy_add_x_forwarded_for: what came in, then the socket's peer.
+            if incoming:
+                xff = b", ".join([*incoming, peer])
+            if self._is_trusted(ctx.client_addr):
+                real_ip = self.client_ip(ctx, incoming).encode("latin-1")
+                proto = next((v for k, v in prior if k == b"x-forwarded-proto"), proto)
+            headers[:] = [h for h in headers if h[0] not in _FORWARDED]
+        headers += (
+            (b"x-real-ip", real_ip),
+            (b"x-forwarded-for", xff),
+            (b"x-forwarded-proto", proto),
+            (b"x-forwarded-host", ctx.host.encode("latin-1")),
+        )
         if self._rfc7239:
             node = ctx.client_addr
             if ":" in node:

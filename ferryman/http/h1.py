@@ -84,14 +84,26 @@ class Limits:
         self.max_headers = max_headers
 
 
-class _ParserBase:
-    """What request and response parsers share: error mapping and the upgrade offset."""
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
-    __slots__ = ("_parser",)
+
+class _ParserBase:
+    """What request and response parsers share: error mapping, the upgrade offset, and a
+    cheap bound on the size of the head being parsed (the bytes fed since it began)."""
+
+    __slots__ = ("_chunk", "_head_limit", "_head_size", "_in_head", "_parser")
     _parser: httptools.HttpRequestParser | httptools.HttpResponseParser
+    _head_limit: int
+    _too_large: int
 
     def feed(self, data: bytes) -> int | None:
         """Parse ``data``; the offset where tunnelled bytes start after an upgrade, else None."""
+        self._chunk = len(data)
+        if self._in_head:
+            # A head arriving in many small pieces with no end: refuse once it cannot fit.
+            self._head_size += self._chunk
+            if self._head_size > self._head_limit:
+                raise ParseError(self._too_large, "header fields too large")
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -107,9 +119,21 @@ class _ParserBase:
             raise ParseError(400, str(e) or "malformed request") from None
         return None
 
+    def _next_head(self) -> None:
+        """A message ended: whatever follows in this chunk, and after, is the next head.
+
+        There is no ``on_message_begin`` callback: one Python call less per message."""
+        self._head_size = self._chunk
+        self._in_head = True
+
+
+def _head_size(start_line: int, headers: HeaderList) -> int:
+    return start_line + sum(len(k) + len(v) + 4 for k, v in headers)
+
 
 class RequestParser(_ParserBase):
-    __slots__ = ("_head_size", "_headers", "_in_head", "_limits", "_sink", "_url")
+    __slots__ = ("_headers", "_limits", "_sink", "_url")
+    _too_large = 431
 
     def __init__(self, sink: RequestSink, limits: Limits) -> None:
         self._sink = sink
@@ -117,24 +141,11 @@ class RequestParser(_ParserBase):
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: HeaderList = []
-        self._head_size = 0
-        self._in_head = False
-
-    def feed(self, data: bytes) -> int | None:
-        if self._in_head:
-            # A head arriving in many small pieces with no end: refuse once it cannot fit.
-            self._head_size += len(data)
-            if self._head_size > self._limits.max_header_size + self._limits.max_request_line:
-                raise ParseError(431, "request header fields too large")
-        return super().feed(data)
+        self._head_size = self._chunk = 0
+        self._in_head = True
+        self._head_limit = limits.max_header_size + limits.max_request_line
 
     # httptools callbacks
-
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
-        self._head_size = 0
-        self._in_head = True
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -142,54 +153,56 @@ class RequestParser(_ParserBase):
             raise ParseError(414, "request-URI too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self._headers
-        headers.append((name.lower(), value))
-        if len(headers) > self._limits.max_headers:
-            raise ParseError(431, "too many header fields")
+        self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
         p = self._parser
+        headers = self._headers
+        limits = self._limits
+        self._in_head = False
+        if self._head_size > limits.max_header_size and (
+            _head_size(len(self._url), headers) > limits.max_header_size
+        ):
+            raise ParseError(431, "request header fields too large")
+        if len(headers) > limits.max_headers:
+            raise ParseError(431, "too many header fields")
         version = p.get_http_version()
         if version != "1.1" and version != "1.0":
+            if version < "1.0":
+                raise ParseError(400, "HTTP/0.9 requests are not served")
             raise ParseError(505, "HTTP version not supported")
-        headers = self._headers
-        size = len(self._url)
-        host = b""
-        hosts = 0
-        content_length: int | None = None
-        chunked = False
-        expect = False
-        for name, value in headers:
-            size += len(name) + len(value) + 4
-            if name == b"host":
-                host = value
-                hosts += 1
-            elif name == b"content-length":
-                content_length = int(value)
-            elif name == b"transfer-encoding":
-                chunked = True
-            elif name == b"expect":
-                if value.lower() != b"100-continue":
-                    raise ParseError(417, "unsupported expectation")
-                expect = True
-        if size > self._limits.max_header_size:
-            raise ParseError(431, "request header fields too large")
-        if hosts > 1 or (hosts == 0 and version == "1.1"):
-            raise ParseError(400, "a request needs exactly one Host header")
+        # One dict built in C answers every lookup below; duplicates need a closer look.
+        fields = dict(headers)
+        host = fields.get(b"host")
+        if len(fields) != len(headers) and host is not None:
+            if sum(1 for k, _ in headers if k == b"host") > 1:
+                raise ParseError(400, "a request needs exactly one Host header")
+        if host is None:
+            if version == "1.1":
+                raise ParseError(400, "a request needs exactly one Host header")
+            host = b""
+        cl = fields.get(b"content-length")
+        chunked = b"transfer-encoding" in fields
         if chunked and version == "1.0":
             raise ParseError(400, "Transfer-Encoding is not allowed in HTTP/1.0")
+        expect = fields.get(b"expect")
+        if expect is not None and expect.lower() != b"100-continue":
+            raise ParseError(417, "unsupported expectation")
+        method = p.get_method()
+        url = self._url
+        self._url = b""
+        self._headers = []
         head = RequestHead(
-            p.get_method().decode("ascii"),
-            self._url,
+            _METHODS.get(method) or method.decode("ascii"),
+            url,
             version,
             headers,
             p.should_keep_alive(),
             p.should_upgrade(),
             host,
-            content_length,
+            int(cl) if cl is not None else None,
             chunked,
-            expect,
+            expect is not None,
         )
         self._sink.on_request(head)
 
@@ -197,23 +210,22 @@ class RequestParser(_ParserBase):
         self._sink.on_body(body)
 
     def on_message_complete(self) -> None:
+        self._next_head()
         self._sink.on_request_end()
 
 
 class ResponseHead:
-    __slots__ = ("content_length", "headers", "keep_alive", "reason", "status", "version")
+    __slots__ = ("content_length", "headers", "keep_alive", "status", "version")
 
     def __init__(
         self,
         status: int,
-        reason: bytes,
         version: str,
         headers: HeaderList,
         keep_alive: bool,
         content_length: int | None,
     ) -> None:
         self.status = status
-        self.reason = reason
         self.version = version
         self.headers = headers
         self.keep_alive = keep_alive
@@ -229,48 +241,41 @@ class ResponseSink(Protocol):
 class ResponseParser(_ParserBase):
     """Parses one upstream connection's responses; call :meth:`expect` before each request."""
 
-    __slots__ = ("_bodyless", "_headers", "_reason", "_size", "max_header_size", "sink")
+    __slots__ = ("_bodyless", "_headers", "sink")
+    _too_large = 502
 
     def __init__(self, sink: ResponseSink, max_header_size: int = 65536) -> None:
         self.sink = sink
         self._parser = httptools.HttpResponseParser(self)
-        self._reason = b""
         self._headers: HeaderList = []
-        self._size = 0
         self._bodyless = False
-        self.max_header_size = max_header_size
+        self._head_size = self._chunk = 0
+        self._in_head = True
+        self._head_limit = max_header_size
 
     def expect(self, method: str) -> None:
         """Tell the parser what the next response answers: HEAD responses carry no body."""
         self._bodyless = method == "HEAD"
 
-    def on_message_begin(self) -> None:
-        self._reason = b""
-        self._headers = []
-        self._size = 0
-
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
-
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._size += len(name) + len(value) + 4
-        if self._size > self.max_header_size:
-            raise ParseError(502, "upstream response header too large")
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         p = self._parser
         status = p.get_status_code()
-        content_length: int | None = None
-        for name, value in self._headers:
-            if name == b"content-length":
-                content_length = int(value)
-                break
+        headers = self._headers
+        self._headers = []
+        self._in_head = False
+        if self._head_size > self._head_limit and (
+            _head_size(16, headers) > self._head_limit
+        ):
+            raise ParseError(502, "upstream response header too large")
+        cl = dict(headers).get(b"content-length")
+        content_length = int(cl) if cl is not None else None
         head = ResponseHead(
             status,
-            self._reason,
             p.get_http_version(),
-            self._headers,
+            headers,
             p.should_keep_alive(),
             content_length,
         )
@@ -280,12 +285,14 @@ class ResponseParser(_ParserBase):
             # parser for the next response on this connection.
             keep_alive = p.should_keep_alive()
             self._parser = httptools.HttpResponseParser(self)
+            self._next_head()
             self.sink.on_response_end(keep_alive)
 
     def on_body(self, body: bytes) -> None:
         self.sink.on_response_body(body)
 
     def on_message_complete(self) -> None:
+        self._next_head()
         if self._bodyless and self._parser.get_status_code() >= 200:
             return
         self.sink.on_response_end(self._parser.should_keep_alive())
@@ -318,20 +325,14 @@ def status_line(status: int) -> bytes:
     return line
 
 
-def serialize_headers(headers: HeaderList) -> bytes:
-    return b"".join([k + b": " + v + b"\r\n" for k, v in headers])
-
-
 def response_head(status: int, headers: HeaderList) -> bytes:
-    return status_line(status) + serialize_headers(headers) + b"\r\n"
+    line = _STATUS_LINES.get(status) or status_line(status)
+    return line + b"".join([k + b": " + v + b"\r\n" for k, v in headers]) + b"\r\n"
 
 
 def request_head(method: str, target: bytes, headers: HeaderList) -> bytes:
-    return b"%s %s HTTP/1.1\r\n%s\r\n" % (
-        method.encode("ascii"),
-        target,
-        serialize_headers(headers),
-    )
+    lines = b"".join([k + b": " + v + b"\r\n" for k, v in headers])
+    return b"%s %s HTTP/1.1\r\n%s\r\n" % (method.encode("ascii"), target, lines)
 
 
 def chunk(data: bytes) -> bytes:

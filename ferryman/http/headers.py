@@ -61,10 +61,16 @@ def connection_tokens(headers: HeaderList) -> set[bytes]:
     return tokens
 
 
-def strip_hop_by_hop(headers: HeaderList) -> HeaderList:
-    """A copy without hop-by-hop headers, including those the Connection header names."""
-    tokens = connection_tokens(headers)
-    if tokens:
-        drop = HOP_BY_HOP | tokens
-        return [(k, v) for k, v in headers if k not in drop]
-    return [(k, v) for k, v in headers if k not in HOP_BY_HOP]
+def strip_hop_by_hop(headers: HeaderList, drop: frozenset[bytes] = HOP_BY_HOP) -> HeaderList:
+    """A copy without hop-by-hop headers (``drop``), nor those the Connection header names."""
+    kept = [h for h in headers if h[0] not in drop]
+    if len(kept) != len(headers):
+        for k, v in headers:
+            # "keep-alive" and "close" name nothing beyond what was dropped already.
+            if k == b"connection" and v.lower() not in _PLAIN_CONNECTION:
+                tokens = connection_tokens(headers)
+                return [h for h in kept if h[0] not in tokens]
+    return kept
+
+
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})

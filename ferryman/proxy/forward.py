@@ -21,9 +21,9 @@ import time
 
 from ferryman.config.schema import ProxyHandler
 from ferryman.context import RequestContext
-from ferryman.filters.base import FilterChain
+from ferryman.filters.base import BodyFilter, FilterChain
 from ferryman.http.h1 import LAST_CHUNK, ResponseHead, chunk, request_head
-from ferryman.http.headers import HOP_BY_HOP, HeaderList, connection_tokens, get
+from ferryman.http.headers import HOP_BY_HOP, HeaderList, get, strip_hop_by_hop
 from ferryman.proxy.api import Downstream, Exchange
 from ferryman.proxy.tunnel import Splice
 from ferryman.server.tasks import spawn
@@ -61,6 +61,7 @@ class ProxyRoute:
 class ProxyExchange:
     __slots__ = (
         "_body_done",
+        "_body_filters",
         "_body_size",
         "_chunked_body",
         "_conn",
@@ -71,7 +72,6 @@ class ProxyExchange:
         "_finished",
         "_head",
         "_headers",
-        "_last_read",
         "_paused_client",
         "_peer",
         "_replay",
@@ -80,7 +80,6 @@ class ProxyExchange:
         "_sent_try",
         "_started",
         "_switch",
-        "_timer",
         "_tried",
         "_unsent",
         "_upgrade",
@@ -106,17 +105,16 @@ class ProxyExchange:
         self._finished = False
         self._eof_ends = False
         self._paused_client = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._last_read = 0.0
         self._deadline = 0.0
         group = route.group
         if group.retry.timeout:
-            self._deadline = asyncio.get_running_loop().time() + group.retry.timeout
+            self._deadline = time.monotonic() + group.retry.timeout
 
         self._upgrade = ctx.state.get("upgrade") if route.websocket else None
         self._chunked_body = get(ctx.headers, b"transfer-encoding") is not None
         self._headers: HeaderList | None = None
         self._head = b""
+        self._body_filters: tuple[BodyFilter, ...] = ()
         self._try_next()
 
     # choosing and connecting
@@ -124,7 +122,7 @@ class ProxyExchange:
     def _try_next(self) -> None:
         route = self._route
         group = route.group
-        peer = group.pick(self._tried, group.key(self.ctx))
+        peer = group.pick(self._tried, group.key(self.ctx) if group.hashed else b"")
         if peer is None:
             self._fail(502, "no live upstream server", "no live upstreams")
             return
@@ -206,7 +204,7 @@ class ProxyExchange:
         if self._chunked_body:
             self._conn.write(LAST_CHUNK)
         self._sent_all = True
-        self._arm_read_timer()
+        self._conn.expect_data(self._route.read_timeout)
 
     # request body from the client
 
@@ -234,16 +232,15 @@ class ProxyExchange:
 
     def on_response(self, head: ResponseHead) -> None:
         status = head.status
-        self._last_read = asyncio.get_running_loop().time()
         if status < 200:
             if status == 101:
-                self._switch = _response_headers(head.headers)
+                self._switch = strip_hop_by_hop(head.headers)
                 self._switch += [
                     (b"connection", b"upgrade"),
                     (b"upgrade", get(head.headers, b"upgrade") or b"websocket"),
                 ]
             elif status != 100:
-                self._downstream.send_interim(status, _response_headers(head.headers))
+                self._downstream.send_interim(status, strip_hop_by_hop(head.headers))
             return
         route = self._route
         if status in route.group.retry_statuses and self._can_retry(sent=True):
@@ -253,22 +250,23 @@ class ProxyExchange:
         self._peer.succeeded()
         ctx = self.ctx
         ctx.upstream_status = status
-        headers = _response_headers(head.headers)
+        headers = strip_hop_by_hop(head.headers)
         route.chain.run_response(ctx, status, headers)
         length = head.content_length
         bodyless = status in _NO_BODY_STATUS or ctx.method == "HEAD"
         chunked = get(head.headers, b"transfer-encoding") is not None
         self._eof_ends = not bodyless and length is None and not chunked
-        if route.chain.on_response_body and not bodyless:
-            length = None  # body filters may change the length
-            headers = [(k, v) for k, v in headers if k != b"content-length"]
+        if not bodyless:
+            self._body_filters = route.chain.body_filters(headers)
+            if self._body_filters:
+                length = None  # streamed through filters that may change the length
         self._started = True
         self._downstream.start_response(status, headers, length)
 
     def on_response_body(self, data: bytes) -> None:
         if not self._started:
             return  # the body of a response we are not relaying (a retried 502)
-        for method in self._route.chain.on_response_body:
+        for method in self._body_filters:
             data = method(self.ctx, data, False)
         self._downstream.write(data)
 
@@ -284,7 +282,7 @@ class ProxyExchange:
     def _complete(self) -> None:
         self._finished = True
         self._cancel_timer()
-        chain = self._route.chain.on_response_body
+        chain = self._body_filters
         if chain:
             data = b""
             for method in chain:
@@ -371,7 +369,7 @@ class ProxyExchange:
         group = self._route.group
         if len(self._tried) >= min(group.retry.tries, len(group.peers)):
             return False
-        if self._deadline and asyncio.get_running_loop().time() >= self._deadline:
+        if self._deadline and time.monotonic() >= self._deadline:
             return False
         if sent and self._replay is None:
             return False  # part of the body is gone: it cannot be sent again
@@ -411,27 +409,12 @@ class ProxyExchange:
         self.ctx.error = reason
         self._downstream.error(status, message)
 
-    def _arm_read_timer(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._last_read = loop.time()
-        if self._timer is None:
-            self._timer = loop.call_later(self._route.read_timeout, self._on_timer)
-
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._conn is not None:
+            self._conn.expect_data(0.0)
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        if self._finished:
-            return
-        loop = asyncio.get_running_loop()
-        idle = loop.time() - self._last_read
+    def on_upstream_timeout(self) -> None:
         timeout = self._route.read_timeout
-        if idle < timeout:
-            self._timer = loop.call_later(timeout - idle, self._on_timer)
-            return
         reason = f"no answer from {self.ctx.upstream_addr} within {timeout:g}s"
         if self._started:
             self._eof_ends = False
@@ -448,19 +431,12 @@ def _frame_chunked(data: bytes) -> bytes:
     return chunk(data) if data else b""
 
 
-def _upstream_headers(headers: HeaderList) -> HeaderList:
-    tokens = connection_tokens(headers)
-    drop = HOP_BY_HOP | tokens | {b"expect"} if tokens else _UPSTREAM_DROP
-    return [(k, v) for k, v in headers if k not in drop]
-
-
+# Expect is answered by Ferryman itself (100 Continue), so it does not travel further.
 _UPSTREAM_DROP = HOP_BY_HOP | {b"expect"}
 
 
-def _response_headers(headers: HeaderList) -> HeaderList:
-    tokens = connection_tokens(headers)
-    drop = HOP_BY_HOP | tokens if tokens else HOP_BY_HOP
-    return [(k, v) for k, v in headers if k not in drop]
+def _upstream_headers(headers: HeaderList) -> HeaderList:
+    return strip_hop_by_hop(headers, _UPSTREAM_DROP)
 
 
 def _set_host(headers: HeaderList, host: bytes) -> None:

@@ -35,6 +35,7 @@ from ferryman.proxy.api import Exchange, Tunnel
 from ferryman.routing.table import CompiledRoute, VirtualHost
 from ferryman.server import pipeline
 from ferryman.server.listener import Listener
+from ferryman.server.sendfile import can_sendfile, sendfile
 
 log = logging.getLogger("ferryman")
 
@@ -46,7 +47,10 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 class H1Connection(asyncio.Protocol):
     __slots__ = (
+        "_body_expected",
         "_chunked",
+        "_deferred",
+        "_in_feed",
         "_deadline",
         "_discard",
         "_expect",
@@ -106,6 +110,9 @@ class H1Connection(asyncio.Protocol):
         self._tunnel_buf: list[bytes] | None = None
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._in_feed = False
+        self._body_expected = False
+        self._deferred: CompiledRoute | None = None
 
     # asyncio.Protocol
 
@@ -133,17 +140,26 @@ class H1Connection(asyncio.Protocol):
         if self._state == IDLE:
             self._state = HEAD
             self._arm(self.listener.limits.client_header_timeout)
+        self._in_feed = True
         try:
             offset = self.parser.feed(data)
         except ParseError as e:
+            self._in_feed = False
             self._reject(e.status, e.reason)
             return
         except Exception as e:
+            self._in_feed = False
             log.exception("internal error while handling a request")
             self._internal_error(e)
             return
+        self._in_feed = False
         if offset is not None:
             self._tunnel_buf = [data[offset:]] if offset < len(data) else []
+        route = self._deferred
+        if route is not None:
+            self._deferred = None
+            if self.ctx is not None:
+                self.filters_done(self.ctx, route, None)
 
     def eof_received(self) -> bool | None:
         # A client half-closing after its request still gets the answer.
@@ -234,6 +250,7 @@ class H1Connection(asyncio.Protocol):
         )
         ctx.tls = self.tls
         self.ctx = ctx
+        self._body_expected = head.has_body
         if head.has_body:
             self._arm(limits.client_body_timeout)
         else:
@@ -298,6 +315,12 @@ class H1Connection(asyncio.Protocol):
             self.exchange.on_request_end()
 
     def dispatch(self, ctx: RequestContext, route: CompiledRoute) -> None:
+        if self._in_feed and self._body_expected:
+            # Start the handler once this chunk is parsed: a framing error in the body bytes
+            # it holds is then found before anything has gone upstream.
+            self._deferred = route
+            self._pending = []
+            return
         if self._expect and not self._request_done and self.transport is not None:
             self.transport.write(_CONTINUE)
         self.exchange = route.handler.start(ctx, self)
@@ -381,6 +404,28 @@ class H1Connection(asyncio.Protocol):
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
 
+    async def send_file(self, fd: int, offset: int, count: int) -> bool:
+        """Send ``count`` bytes of the open file ``fd`` from ``offset`` as body, by
+        sendfile(2). False when this connection cannot (TLS): the caller writes them."""
+        transport, ctx = self.transport, self.ctx
+        if (
+            transport is None
+            or ctx is None
+            or self.listener.scheme != "http"
+            or not can_sendfile(transport)
+        ):
+            return False
+        ctx.bytes_sent += count
+        if ctx.method == "HEAD" or count == 0:
+            return True
+        if self._chunked:
+            self._out.append(b"%x\r\n" % count)
+        self.flush()
+        await sendfile(transport, fd, offset, count)
+        if self._chunked:
+            self._out.append(b"\r\n")
+        return True
+
     def finish(self) -> None:
         if self._chunked:
             self._out.append(LAST_CHUNK)
@@ -404,8 +449,7 @@ class H1Connection(asyncio.Protocol):
         if self._started:
             self.abort("a second response to one request")
             return
-        self._chain().run_response(ctx, status, headers)
-        headers.append((b"content-length", b"%d" % len(body)))
+        body = self._chain().run_whole_response(ctx, status, headers, body)
         self.start_response(status, headers, len(body))
         self.write(body)
         self.finish()
@@ -522,6 +566,7 @@ class H1Connection(asyncio.Protocol):
     def _reject(self, status: int, reason: str) -> None:
         """Malformed input: answer with ``status`` and close; nothing reaches an upstream."""
         self.keep_alive = False
+        self._deferred = None
         self._tunnel_buf = []  # stop parsing whatever follows
         if self.ctx is not None:
             if self.exchange is not None:

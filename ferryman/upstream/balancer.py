@@ -35,7 +35,7 @@ class RoundRobin(Balancer):
         best: Peer | None = None
         total = 0
         for p in self.peers:
-            if not p.available(now) or p in tried:
+            if p.down_until > now or p in tried:
                 continue
             p.current_weight += p.weight
             total += p.weight

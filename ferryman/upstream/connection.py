@@ -24,6 +24,7 @@ class Owner(Protocol):
     def on_upstream_pause_writing(self) -> None: ...
     def on_upstream_resume_writing(self) -> None: ...
     def flush(self) -> None: ...
+    def on_upstream_timeout(self) -> None: ...
 
 
 class _Discard:
@@ -44,6 +45,10 @@ _DISCARD = _Discard()
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
+        "_deadline",
+        "_loop",
+        "_read_timeout",
+        "_timer",
         "closed",
         "idle_since",
         "owner",
@@ -64,6 +69,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         # Set when the connection has become a byte tunnel (WebSocket): data goes there.
         self.tunnel: Splice | None = None
+        # The read timeout: one timer for the connection's life, moved by storing a deadline.
+        self._loop = asyncio.get_running_loop()
+        self._read_timeout = 0.0
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     def attach(self, owner: Owner, method: str) -> None:
         self.owner = owner
@@ -75,7 +85,30 @@ class UpstreamConnection(asyncio.Protocol):
             parser.sink = owner
         parser.expect(method)
 
+    def expect_data(self, timeout: float) -> None:
+        """Time out if no bytes arrive for ``timeout`` seconds (0 stops the clock)."""
+        self._read_timeout = timeout
+        if not timeout:
+            self._deadline = 0.0
+            return
+        self._deadline = self._loop.time() + timeout
+        if self._timer is None:
+            self._timer = self._loop.call_later(timeout, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if not deadline or self.closed:
+            return
+        now = self._loop.time()
+        if now < deadline:
+            self._timer = self._loop.call_later(deadline - now, self._on_timer)
+        elif self.owner is not None:
+            self._deadline = 0.0
+            self.owner.on_upstream_timeout()
+
     def detach(self) -> None:
+        self._deadline = 0.0
         self.owner = None
         if self.parser is not None:
             self.parser.sink = _DISCARD
@@ -100,6 +133,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.tunnel.from_upstream(data)
             return
         owner = self.owner
+        if self._deadline:
+            self._deadline = self._loop.time() + self._read_timeout
         if owner is None or self.parser is None:
             # Bytes from an idle upstream mean it is out of step with us: never reuse it.
             self.close()
@@ -120,6 +155,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.tunnel is not None:
             self.tunnel.upstream_closed()
             return

@@ -25,7 +25,9 @@ class UpstreamGroup:
         self.primary: Balancer = kind([p for p in self.peers if not p.backup])
         backups = [p for p in self.peers if p.backup]
         self.backup: Balancer | None = kind(backups) if backups else None
-        if config.tls.enabled:
+        self.protocol = config.protocol
+        self.tls_config = config.tls
+        if config.tls.enabled or config.protocol == "h2":
             for p in self.peers:
                 p.tls = True
         tls = client_context(config.tls) if any(p.tls for p in self.peers) else None
@@ -38,11 +40,12 @@ class UpstreamGroup:
         )
         self.retry: Retry = config.retry
         self.retry_statuses = frozenset(
-            int(c[5:]) for c in config.retry.on if c.startswith("http_")
+            int(c[5:]) for c in config.retry.when if c.startswith("http_")
         )
-        self.retry_on_error = "error" in config.retry.on
-        self.retry_on_timeout = "timeout" in config.retry.on
+        self.retry_on_error = "error" in config.retry.when
+        self.retry_on_timeout = "timeout" in config.retry.when
         self._hash_key = config.hash_key if config.balance == "hash" else None
+        self.hashed = self._hash_key is not None
 
     def key(self, ctx: RequestContext) -> bytes:
         k = self._hash_key

@@ -9,6 +9,7 @@ exchange decides that and calls :meth:`release` or closes it.
 from __future__ import annotations
 
 import asyncio
+import time
 import ssl
 from collections import deque
 
@@ -76,12 +77,11 @@ class Pool:
         if conn.closed or conn.requests >= self.max_requests or self.idle_count >= self.max_idle:
             conn.close()
             return
-        loop = asyncio.get_running_loop()
-        conn.idle_since = loop.time()
+        conn.idle_since = time.monotonic()
         self._idle.setdefault(conn.peer, deque()).append(conn)
         self.idle_count += 1
         if self._sweeper is None:
-            self._sweeper = loop.call_later(self.idle_timeout, self._sweep)
+            self._sweeper = asyncio.get_running_loop().call_later(self.idle_timeout, self._sweep)
 
     def discard(self, conn: UpstreamConnection) -> None:
         """Close a connection lent out whose exchange did not end cleanly."""
@@ -96,7 +96,7 @@ class Pool:
 
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() - self.idle_timeout
+        deadline = time.monotonic() - self.idle_timeout
         for idle in self._idle.values():
             # Oldest first; stop at the first one still fresh.
             while idle and (idle[0].closed or idle[0].idle_since <= deadline):
