@@ -56,7 +56,7 @@ def _describe(error: ValidationError, root: yaml.Node, name: str) -> str:
         else:
             message = err["msg"].removeprefix("Value error, ")
         loc = tuple(p for p in loc if not (isinstance(p, str) and "[" in p))
-        node, found = _find(root, loc)
+        node, _found = _find(root, loc)
         line = node.start_mark.line + 1
         key = ".".join(str(p) for p in loc) or "(top level)"
         if err["type"] == "extra_forbidden":
@@ -99,6 +99,8 @@ def summary(config: Config) -> str:
                 what = f"proxy -> {route.proxy.upstream or route.proxy.url}"
             elif route.respond is not None:
                 what = f"respond {route.respond.status}"
+            elif route.static is not None:
+                what = f"static {route.static.root or route.static.alias}"
             else:
                 what = f"redirect {target.status} -> {target.to}"
             out.append(f"  {route.match:6} {route.path:24} {what}")

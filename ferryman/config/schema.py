@@ -97,14 +97,19 @@ class UpstreamServer(Model):
         return v
 
 
+RetryCondition = Literal["error", "timeout", "http_500", "http_502", "http_503", "http_504"]
+
+
+def _default_retry_conditions() -> list[RetryCondition]:
+    return ["error", "timeout"]
+
+
 class Retry(Model):
     tries: int = Field(default=3, ge=1, le=20)
     timeout: Duration = 0.0  # total time for all tries; 0 = unbounded
     # When to try the next server (nginx's proxy_next_upstream). Not called ``on``: YAML
     # reads that key as a boolean.
-    when: list[Literal["error", "timeout", "http_500", "http_502", "http_503", "http_504"]] = Field(
-        default_factory=lambda: ["error", "timeout"]
-    )
+    when: list[RetryCondition] = Field(default_factory=_default_retry_conditions)
     # Replay POST/PATCH/... after their body went out (nginx: non_idempotent). Off: safe.
     non_idempotent: bool = False
 

@@ -69,8 +69,8 @@ class ForwardedHeaders(Filter):
             if ":" in node:
                 node = f'"[{node}]"'
             value = f"for={node};host={ctx.host};proto={ctx.scheme}".encode("latin-1")
-            prior = [v for k, v in headers if k == b"forwarded"]
-            if prior:
+            earlier = [v for k, v in headers if k == b"forwarded"]
+            if earlier:
                 headers[:] = [(k, v) for k, v in headers if k != b"forwarded"]
-                value = b", ".join(prior) + b", " + value
+                value = b", ".join(earlier) + b", " + value
             headers.append((b"forwarded", value))

@@ -100,10 +100,7 @@ class _ParserBase:
         """Parse ``data``; the offset where tunnelled bytes start after an upgrade, else None."""
         self._chunk = len(data)
         if self._in_head:
-            # A head arriving in many small pieces with no end: refuse once it cannot fit.
             self._head_size += self._chunk
-            if self._head_size > self._head_limit:
-                raise ParseError(self._too_large, "header fields too large")
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -117,13 +114,21 @@ class _ParserBase:
             raise ParseError(400, "invalid method") from None
         except httptools.HttpParserError as e:
             raise ParseError(400, str(e) or "malformed request") from None
+        # A head arriving in many small pieces with no end: refuse once it cannot fit. Checked
+        # after parsing, since one read may hold a whole head and a large body after it.
+        if self._in_head and self._head_size > self._head_limit:
+            raise ParseError(self._too_large, "header fields too large")
         return None
 
     def _next_head(self) -> None:
         """A message ended: whatever follows in this chunk, and after, is the next head.
 
-        There is no ``on_message_begin`` callback: one Python call less per message."""
-        self._head_size = self._chunk
+        There is no ``on_message_begin`` callback: one Python call less per message.
+        The chunk that ended the message is not counted against the next head: it may be a
+        256 KiB read of body, which would fail the next response for "header too large";
+        what of it belongs to the next head is bounded by the read size and checked exactly
+        in ``on_headers_complete``."""
+        self._head_size = 0
         self._in_head = True
 
 
@@ -133,6 +138,7 @@ def _head_size(start_line: int, headers: HeaderList) -> int:
 
 class RequestParser(_ParserBase):
     __slots__ = ("_headers", "_limits", "_sink", "_url")
+    _parser: httptools.HttpRequestParser
     _too_large = 431
 
     def __init__(self, sink: RequestSink, limits: Limits) -> None:
@@ -174,9 +180,9 @@ class RequestParser(_ParserBase):
         # One dict built in C answers every lookup below; duplicates need a closer look.
         fields = dict(headers)
         host = fields.get(b"host")
-        if len(fields) != len(headers) and host is not None:
-            if sum(1 for k, _ in headers if k == b"host") > 1:
-                raise ParseError(400, "a request needs exactly one Host header")
+        duplicates = len(fields) != len(headers)
+        if duplicates and host is not None and sum(1 for k, _ in headers if k == b"host") > 1:
+            raise ParseError(400, "a request needs exactly one Host header")
         if host is None:
             if version == "1.1":
                 raise ParseError(400, "a request needs exactly one Host header")
@@ -242,6 +248,7 @@ class ResponseParser(_ParserBase):
     """Parses one upstream connection's responses; call :meth:`expect` before each request."""
 
     __slots__ = ("_bodyless", "_headers", "sink")
+    _parser: httptools.HttpResponseParser
     _too_large = 502
 
     def __init__(self, sink: ResponseSink, max_header_size: int = 65536) -> None:
@@ -266,9 +273,7 @@ class ResponseParser(_ParserBase):
         headers = self._headers
         self._headers = []
         self._in_head = False
-        if self._head_size > self._head_limit and (
-            _head_size(16, headers) > self._head_limit
-        ):
+        if self._head_size > self._head_limit and (_head_size(16, headers) > self._head_limit):
             raise ParseError(502, "upstream response header too large")
         cl = dict(headers).get(b"content-length")
         content_length = int(cl) if cl is not None else None

@@ -14,10 +14,9 @@ costs no timer allocation.
 from __future__ import annotations
 
 import asyncio
-from typing import cast
 import logging
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 from ferryman.context import RequestContext, Response
 from ferryman.filters.base import FilterChain
@@ -49,11 +48,11 @@ class H1Connection(asyncio.Protocol):
     __slots__ = (
         "_body_expected",
         "_chunked",
-        "_deferred",
-        "_in_feed",
         "_deadline",
+        "_deferred",
         "_discard",
         "_expect",
+        "_in_feed",
         "_loop",
         "_out",
         "_pause_handler",
@@ -121,7 +120,7 @@ class H1Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         listener = self.listener
         if len(listener.connections) >= listener.limits.max_connections:
-            transport.abort()
+            self.transport.abort()
             self._state = CLOSED
             return
         listener.connections.add(self)

@@ -6,6 +6,7 @@ and starts a new worker when one dies unexpectedly.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -42,10 +43,8 @@ def run_master(config: Config, workers: int) -> int:
         nonlocal stopping
         stopping = True
         for pid in list(children):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -60,8 +59,8 @@ def run_master(config: Config, workers: int) -> int:
             break
         except InterruptedError:
             continue
-        slot = children.pop(pid, None)
-        if slot is None or stopping:
+        slot = children.pop(pid, -1)
+        if slot < 0 or stopping:
             continue
         log.error("worker %d exited with status %d; starting another", pid, status)
         failures += 1

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import cast
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from ferryman.http.h1 import ParseError, ResponseHead, ResponseParser
 

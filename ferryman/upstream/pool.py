@@ -9,8 +9,8 @@ exchange decides that and calls :meth:`release` or closes it.
 from __future__ import annotations
 
 import asyncio
-import time
 import ssl
+import time
 from collections import deque
 
 from ferryman.upstream.connection import UpstreamConnection
