@@ -1,6 +1,7 @@
 """The forward proxy's access log: one line per request and per tunnel.
 
-Fields: time, client address and port, user, protocol, method, destination, status, bytes
+Fields: time, client address and port, user, protocol, method, destination (``host:port``),
+target (the URL of a plain HTTP request), status, bytes
 from the client (``up``) and to it (``down``), duration, the address actually connected to,
 and the reason for a refusal. ``text`` writes ``key=value`` pairs (values with spaces are
 quoted), ``json`` one JSON object per line.
@@ -31,6 +32,7 @@ def record(ctx: RequestContext) -> dict[str, Any]:
         "proto": ctx.scheme,
         "method": ctx.method,
         "dest": ctx.host or "-",
+        "target": ctx.target.decode("latin-1") or "-",
         "status": ctx.status,
         "up": up,
         "down": down,

@@ -1,0 +1,495 @@
+"""Scenario 3 end to end: examples/forward.yaml driven by real clients.
+
+The proxy listens where the example says (127.0.0.1:3128 HTTP, 127.0.0.1:1080 SOCKS5) and
+resolves ``*.example.test`` to 127.0.0.1 through its hosts table. Origins run on loopback;
+the HTTPS one on 127.0.0.1:443 (the only CONNECT port the example allows) when that port can
+be bound, else on a free port added to a copy of the example's ``connect_ports``. Denied
+destinations are only ever other loopback addresses (127.0.0.2).
+"""
+
+from __future__ import annotations
+
+import base64
+import gc
+import json
+import os
+import socket
+import ssl
+import struct
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import requests
+import trustme
+import yaml
+from requests.auth import HTTPProxyAuth
+
+from ferryman.forward import shacrypt
+from tests.support.procs import (
+    PYTHON,
+    ROOT,
+    Proc,
+    free_port,
+    start_ferryman,
+    start_origin,
+    wait_port,
+)
+
+PROXY = "http://127.0.0.1:3128"
+AUTH_PROXY = "http://alice:wonderland@127.0.0.1:3128"
+SOCKS = "127.0.0.1:1080"
+NO_PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+class Env:
+    def __init__(self) -> None:
+        self.procs: list[Proc] = []
+        self.dir = Path(tempfile.mkdtemp(prefix="ferryman-forward-"))
+        self.port = 0  # the plain origin, on 127.0.0.1 and ::1
+        self.https = ""  # base URL of the HTTPS origin
+        self.ca = ""
+        self.proxy: Proc | None = None
+
+    def log(
+        self, predicate: Callable[[dict[str, str]], bool], timeout: float = 5.0, count: int = 1
+    ) -> list[dict[str, str]]:
+        """Access-log records of the proxy that satisfy ``predicate`` (waits for ``count``)."""
+        assert self.proxy is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = self.proxy.stdout().splitlines()
+            found = [r for r in map(_parse, lines) if r and predicate(r)]
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
+
+
+def _parse(line: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    rest = line.strip()
+    while rest:
+        key, sep, rest = rest.partition("=")
+        if not sep:
+            return {}
+        if rest.startswith('"'):
+            value, end = json.JSONDecoder().raw_decode(rest)
+            rest = rest[end:].lstrip()
+        else:
+            value, _, rest = rest.partition(" ")
+        out[key] = str(value)
+    return out
+
+
+def _can_bind(port: int) -> bool:
+    s = socket.socket()
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    e = Env()
+    try:
+        e.port = free_port()
+        e.procs.append(start_origin(e.port, "api"))
+        e.procs.append(start_origin(e.port, "api6", host="::1"))
+        ca = trustme.CA()
+        cert = ca.issue_cert("secure.example.test", "*.example.test")
+        e.ca = str(e.dir / "ca.pem")
+        ca.cert_pem.write_to_path(e.ca)
+        cert_path, key_path = e.dir / "cert.pem", e.dir / "key.pem"
+        cert.cert_chain_pems[0].write_to_path(str(cert_path))
+        cert.private_key_pem.write_to_path(str(key_path))
+        config: str | Path = ROOT / "examples" / "forward.yaml"
+        https_port = 443 if _can_bind(443) else free_port()
+        if https_port != 443:
+            data = yaml.safe_load(Path(config).read_text())
+            data["forward"]["connect_ports"] = [443, https_port]
+            data["forward"]["auth"]["htpasswd"] = str(ROOT / "examples" / "htpasswd")
+            config = e.dir / "forward.yaml"
+            config.write_text(yaml.safe_dump(data))
+        tls = Proc(
+            [
+                PYTHON,
+                "-m",
+                "tests.support.tls_origin",
+                "--listen",
+                f"127.0.0.1:{https_port}",
+                "--cert",
+                str(cert_path),
+                "--key",
+                str(key_path),
+            ],
+            "tls-origin",
+        )
+        e.procs.append(tls)
+        wait_port("127.0.0.1", https_port, proc=tls.popen)
+        e.https = "https://secure.example.test" + ("" if https_port == 443 else f":{https_port}")
+        e.proxy = start_ferryman(config, ("127.0.0.1", 3128))
+        e.procs.append(e.proxy)
+        wait_port("127.0.0.1", 1080, proc=e.proxy.popen)
+        yield e
+    finally:
+        for p in reversed(e.procs):
+            p.stop()
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in NO_PROXY_ENV:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
+def test_requests_http_and_https_with_credentials_in_url(env: Env) -> None:
+    proxies = {"http": AUTH_PROXY, "https": AUTH_PROXY}
+    r = requests.get(
+        f"http://api.example.test:{env.port}/plain?q=1",
+        proxies=proxies,
+        headers={"Proxy-Connection": "keep-alive"},
+        timeout=10,
+    )
+    assert r.status_code == 200
+    seen = r.json()
+    assert seen["path"] == "/plain?q=1"
+    assert seen["headers"]["host"] == f"api.example.test:{env.port}"
+    assert seen["headers"]["via"] == "1.1 ferryman"
+    for hop in ("proxy-authorization", "proxy-connection"):
+        assert hop not in seen["headers"]
+    assert r.headers["via"] == "1.1 ferryman"
+
+    r = requests.get(env.https + "/secure", proxies=proxies, verify=env.ca, timeout=10)
+    assert r.status_code == 200
+    assert r.json()["origin"] == "secure" and r.json()["path"] == "/secure"
+    assert "via" not in r.json()["headers"]  # end to end TLS: the proxy sees only bytes
+    del r  # a tunnel is logged when it closes: let requests close its connection
+    gc.collect()
+
+    [plain] = env.log(lambda x: x["target"].endswith("/plain?q=1"))
+    assert plain["user"] == "alice" and plain["status"] == "200" and plain["method"] == "GET"
+    assert plain["dest"] == f"api.example.test:{env.port}"
+    assert int(plain["down"]) > 200
+    tunnels = env.log(lambda x: x["method"] == "CONNECT" and x["dest"].startswith("secure."))
+    assert tunnels and tunnels[-1]["status"] == "200"
+    assert int(tunnels[-1]["up"]) > 200 and int(tunnels[-1]["down"]) > 200  # TLS both ways
+    assert tunnels[-1]["upstream"].startswith("127.0.0.1:")
+
+
+def test_http_proxy_auth_object(env: Env) -> None:
+    r = requests.get(
+        f"http://api.example.test:{env.port}/httpproxyauth",
+        proxies={"http": PROXY},
+        auth=HTTPProxyAuth("alice", "wonderland"),
+        timeout=10,
+    )
+    assert r.status_code == 200 and r.json()["path"] == "/httpproxyauth"
+    bob = HTTPProxyAuth("bob", "builder")  # a SHA-512 crypt user
+    r = requests.get(f"http://api.example.test:{env.port}/bob", proxies={"http": PROXY}, auth=bob)
+    assert r.status_code == 200
+    assert env.log(lambda x: x["target"].endswith("/bob"))[0]["user"] == "bob"
+
+
+def test_wrong_or_missing_password_gets_407(env: Env) -> None:
+    url = f"http://api.example.test:{env.port}/wrong-password"
+    for proxy in ("http://alice:nope@127.0.0.1:3128", PROXY, "http://mallory:x@127.0.0.1:3128"):
+        r = requests.get(url, proxies={"http": proxy}, timeout=10)
+        assert r.status_code == 407
+        assert r.headers["proxy-authenticate"] == (
+            'Basic realm="Ferryman office proxy", charset="UTF-8"'
+        )
+    with pytest.raises(requests.exceptions.ProxyError, match="407"):
+        requests.get(
+            env.https + "/x", proxies={"https": "http://alice:nope@127.0.0.1:3128"}, timeout=10
+        )
+    lines = env.log(lambda x: x["target"].endswith("/wrong-password"), count=3)
+    assert [x["status"] for x in lines] == ["407"] * 3
+    assert {x["user"] for x in lines} == {"alice", "-", "mallory"}
+
+
+def test_socks5_remote_and_local_dns(env: Env) -> None:
+    remote = {"http": f"socks5h://alice:wonderland@{SOCKS}"}
+    r = requests.get(f"http://api.example.test:{env.port}/socks5h", proxies=remote, timeout=10)
+    assert r.status_code == 200 and r.json()["path"] == "/socks5h"
+    local = {"http": f"socks5://alice:wonderland@{SOCKS}"}
+    # socks5:// resolves on the client: only addresses work for it here (IPv4 and IPv6).
+    r = requests.get(f"http://127.0.0.1:{env.port}/socks5-v4", proxies=local, timeout=10)
+    assert r.status_code == 200 and r.json()["origin"] == "api"
+    r = requests.get(f"http://[::1]:{env.port}/socks5-v6", proxies=local, timeout=10)
+    assert r.status_code == 200 and r.json()["origin"] == "api6"
+    r = requests.get(
+        env.https + "/socks-tls",
+        proxies={"https": f"socks5h://alice:wonderland@{SOCKS}"},
+        verify=env.ca,
+        timeout=10,
+    )
+    assert r.status_code == 200 and r.json()["path"] == "/socks-tls"
+    del r
+    gc.collect()
+    lines = env.log(lambda x: x["proto"] == "socks5" and x["status"] == "200", timeout=5)
+    dests = {x["dest"] for x in lines}
+    assert f"api.example.test:{env.port}" in dests
+    assert f"127.0.0.1:{env.port}" in dests and f"[::1]:{env.port}" in dests
+    assert all(x["user"] == "alice" for x in lines)
+
+
+def test_socks5_wrong_password_and_refusals(env: Env) -> None:
+    bad = {"http": f"socks5h://alice:nope@{SOCKS}"}
+    with pytest.raises(requests.exceptions.ConnectionError, match=r"(?i)auth"):
+        requests.get(f"http://api.example.test:{env.port}/", proxies=bad, timeout=10)
+
+    def socks(host: str, port: int, password: str = "wonderland") -> tuple[int, int]:
+        with socket.create_connection(("127.0.0.1", 1080), timeout=10) as s:
+            s.sendall(b"\x05\x01\x02")
+            assert s.recv(2) == b"\x05\x02"
+            s.sendall(b"\x01\x05alice" + bytes([len(password)]) + password.encode())
+            status = s.recv(2)[1]
+            if status:
+                return status, -1
+            name = host.encode()
+            s.sendall(b"\x05\x01\x00\x03" + bytes([len(name)]) + name + struct.pack("!H", port))
+            return 0, s.recv(10)[1]
+
+    assert socks("api.example.test", env.port, "nope") == (1, -1)
+    assert socks("internal.example.test", env.port) == (0, 0x02)  # 127.0.0.2: not allowed
+    assert socks("blocked.example.test", env.port) == (0, 0x02)
+    assert socks("api.example.test", free_port()) == (0, 0x05)  # refused
+    assert socks("nothing.invalid", 80) == (0, 0x04)  # no such host
+    assert env.log(lambda x: x["proto"] == "socks5" and x["status"] == "407")
+    [internal] = env.log(lambda x: x["proto"] == "socks5" and x["dest"].startswith("internal."))
+    assert internal["status"] == "403" and "127.0.0.2" in internal["reason"]
+
+
+def test_environment_variables_and_bypass(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", AUTH_PROXY)
+    monkeypatch.setenv("HTTPS_PROXY", AUTH_PROXY)
+    monkeypatch.setenv("NO_PROXY", "direct.example.test,localhost")
+    r = requests.get(f"http://api.example.test:{env.port}/from-env", timeout=10)
+    assert r.status_code == 200 and r.json()["headers"]["via"] == "1.1 ferryman"
+    r = requests.get(env.https + "/from-env-tls", verify=env.ca, timeout=10)
+    assert r.status_code == 200
+    # NO_PROXY: straight to the origin ("localhost" is in the list).
+    r = requests.get(f"http://localhost:{env.port}/no-proxy", timeout=10)
+    assert r.status_code == 200 and "via" not in r.json()["headers"]
+    # proxies={'http': None} bypasses the environment's proxy for that request.
+    r = requests.get(f"http://127.0.0.1:{env.port}/bypass", proxies={"http": None}, timeout=10)
+    assert r.status_code == 200 and "via" not in r.json()["headers"]
+    assert env.log(lambda x: x["target"].endswith("/from-env"))
+    assert not env.log(lambda x: x["target"].endswith(("/no-proxy", "/bypass")), timeout=0.3)
+
+
+def test_session_reuses_one_proxy_connection(env: Env) -> None:
+    with requests.Session() as s:
+        s.proxies = {"http": AUTH_PROXY}
+        for i in range(5):
+            r = s.get(f"http://api.example.test:{env.port}/session/{i}", timeout=10)
+            assert r.status_code == 200 and r.json()["path"] == f"/session/{i}"
+    lines = env.log(lambda x: "/session/" in x["target"], count=5)
+    assert len(lines) == 5
+    assert len({x["client"] for x in lines}) == 1  # one client port: one connection
+
+
+def test_curl(env: Env) -> None:
+    clean = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+
+    def curl(*args: str, check: bool = True) -> str:
+        out = subprocess.run(
+            ["curl", "-sS", "--max-time", "10", *args],
+            capture_output=True,
+            text=True,
+            env=clean,
+            check=check,
+        )
+        return out.stdout
+
+    user = ("--proxy-user", "alice:wonderland")
+    body = json.loads(curl("-x", PROXY, *user, f"http://api.example.test:{env.port}/curl-x"))
+    assert body["path"] == "/curl-x" and body["headers"]["via"] == "1.1 ferryman"
+    body = json.loads(curl("-x", PROXY, *user, "--cacert", env.ca, env.https + "/curl-tls"))
+    assert body["path"] == "/curl-tls"
+    body = json.loads(
+        curl("--socks5-hostname", SOCKS, *user, f"http://api.example.test:{env.port}/curl-s")
+    )
+    assert body["path"] == "/curl-s"
+    code = curl(
+        "-x", PROXY, "-o", "/dev/null", "-w", "%{http_code}", f"http://api.example.test:{env.port}/"
+    )
+    assert code == "407"
+    code = curl("-x", PROXY, *user, "-o", "/dev/null", "-w", "%{http_connect}",
+                "https://api.example.test:25/", check=False)  # fmt: skip
+    assert code == "403"
+
+
+def test_httpx_with_a_proxy(env: Env) -> None:
+    context = ssl.create_default_context(cafile=env.ca)
+    with httpx.Client(proxy=AUTH_PROXY, verify=context, trust_env=False) as client:
+        r = client.get(f"http://api.example.test:{env.port}/httpx")
+        assert r.status_code == 200 and r.json()["headers"]["via"] == "1.1 ferryman"
+        r = client.get(env.https + "/httpx-tls")
+        assert r.status_code == 200 and r.json()["path"] == "/httpx-tls"
+        r = client.post(f"http://api.example.test:{env.port}/post", content=b"z" * 200_000)
+        assert r.status_code == 200 and r.json()["body"] == "z" * 200_000
+
+
+def _connect(target: str, auth: str = "alice:wonderland") -> bytes:
+    """The head of the proxy's answer to a CONNECT."""
+    token = base64.b64encode(auth.encode()).decode()
+    with socket.create_connection(("127.0.0.1", 3128), timeout=10) as s:
+        s.sendall(
+            f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
+            f"Proxy-Authorization: Basic {token}\r\n\r\n".encode()
+        )
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+def test_denied_destinations_get_403_and_are_logged(env: Env) -> None:
+    assert _connect("api.example.test:25").startswith(b"HTTP/1.1 403 ")
+    assert _connect("internal.example.test:443").startswith(b"HTTP/1.1 403 ")
+    assert _connect("127.0.0.2:443").startswith(b"HTTP/1.1 403 ")
+    assert _connect("[::ffff:127.0.0.2]:443").startswith(b"HTTP/1.1 403 ")
+    proxies = {"http": AUTH_PROXY}
+    r = requests.get(f"http://internal.example.test:{env.port}/", proxies=proxies, timeout=10)
+    assert r.status_code == 403 and "127.0.0.2 is a loopback address" in r.json()["message"]
+    r = requests.get(f"http://blocked.example.test:{env.port}/", proxies=proxies, timeout=10)
+    assert r.status_code == 403 and "blocked by the office policy" in r.json()["message"]
+    r = requests.get(f"http://x.ads.example.test:{env.port}/", proxies=proxies, timeout=10)
+    assert r.status_code == 403
+    refused = env.log(lambda x: x["status"] == "403" and x["proto"] == "http")
+    reasons = " | ".join(x["reason"] for x in refused)
+    assert "CONNECT to port 25 is not allowed" in reasons
+    assert "127.0.0.2 is a loopback address" in reasons
+    assert "blocked by the office policy" in reasons
+
+
+def test_name_with_several_addresses_connects_only_to_allowed_ones(env: Env) -> None:
+    # A listener on the forbidden address, same port: it must never see a connection.
+    trap = socket.socket()
+    trap.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    trap.bind(("127.0.0.2", env.port))
+    trap.listen()
+    trap.setblocking(False)
+    try:
+        for i in range(3):
+            r = requests.get(
+                f"http://multi.example.test:{env.port}/multi/{i}",
+                proxies={"http": AUTH_PROXY},
+                timeout=10,
+            )
+            assert r.status_code == 200
+        with pytest.raises(BlockingIOError):
+            trap.accept()
+    finally:
+        trap.close()
+
+
+def test_pac_file(env: Env) -> None:
+    r = requests.get("http://127.0.0.1:3128/proxy.pac", timeout=10)
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/x-ns-proxy-autoconfig"
+    assert "function FindProxyForURL(url, host)" in r.text
+    assert 'return "PROXY 127.0.0.1:3128";' in r.text
+    assert requests.get("http://127.0.0.1:3128/other", timeout=10).status_code == 404
+
+
+def test_parallel_tunnels_move_their_bytes(env: Env) -> None:
+    """A scaled-down throughput check (bench/forward_throughput.py has the real one)."""
+    size = 1 << 20
+    proxies = {"http": f"socks5h://alice:wonderland@{SOCKS}"}
+
+    def fetch(i: int) -> int:
+        url = f"http://api.example.test:{env.port}/big?size={size}&n={i}"
+        return len(requests.get(url, proxies=proxies, timeout=30).content)
+
+    with ThreadPoolExecutor(20) as pool:
+        assert list(pool.map(fetch, range(40))) == [size] * 40
+
+
+def test_chaining_through_parent_proxies(tmp_path: Path, env: Env) -> None:
+    """Child -> parent: ``*.parent.test`` via the parent's HTTP side, ``*.sparent.test`` via
+    its SOCKS5 side; the parent resolves the names and applies its own policy."""
+    parent_http, parent_socks, child_http = free_port(), free_port(), free_port()
+    carol = shacrypt.sha_crypt(b"c4r0l", "$6$chainsalt")
+    parent = {
+        "workers": 1,
+        "shutdown_timeout": "1s",
+        "forward": {
+            "listen": [f"127.0.0.1:{parent_http}"],
+            "socks5_listen": [f"127.0.0.1:{parent_socks}"],
+            "auth": {"users": {"carol": {"password": carol}}},
+            "hosts": {"*.parent.test": ["127.0.0.1"], "*.sparent.test": ["127.0.0.1"]},
+            "allow_destinations": ["127.0.0.1"],
+            "connect_ports": [env.port],
+        },
+    }
+    child = {
+        "workers": 1,
+        "shutdown_timeout": "1s",
+        "forward": {
+            "listen": [f"127.0.0.1:{child_http}"],
+            "connect_ports": [env.port],
+            "chain": [
+                {"match": ["*.parent.test"], "via": f"http://carol:c4r0l@127.0.0.1:{parent_http}"},
+                {"match": ["*.sparent.test"], "via": f"socks5://carol:c4r0l@127.0.0.1:{parent_socks}"},
+            ],
+        },
+    }  # fmt: skip
+    procs: list[Proc] = []
+    try:
+        for name, conf, port in (("parent", parent, parent_http), ("child", child, child_http)):
+            path = tmp_path / f"{name}.yaml"
+            path.write_text(yaml.safe_dump(conf))
+            procs.append(start_ferryman(path, ("127.0.0.1", port)))
+        via = {"http": f"http://127.0.0.1:{child_http}"}
+        r = requests.get(f"http://api.parent.test:{env.port}/chained", proxies=via, timeout=10)
+        assert r.status_code == 200 and r.json()["path"] == "/chained"
+        assert r.json()["headers"]["via"] == "1.1 ferryman, 1.1 ferryman"
+        r = requests.get(f"http://api.sparent.test:{env.port}/chained-socks", proxies=via)
+        assert r.status_code == 200 and r.json()["path"] == "/chained-socks"
+        # A tunnel through the child and the parent, spoken over by hand.
+        with socket.create_connection(("127.0.0.1", child_http), timeout=10) as s:
+            target = f"api.parent.test:{env.port}"
+            s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+            head = s.recv(4096)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            s.sendall(
+                f"GET /tunnelled HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n".encode()
+            )
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+            assert b'"path": "/tunnelled"' in answer
+        # The child does not resolve *.parent.test itself: names it cannot use directly fail.
+        r = requests.get(f"http://api.example.test:{env.port}/", proxies=via, timeout=10)
+        assert r.status_code == 502
+        procs[1].stop()  # the child's pooled connections to the parent close: all logged
+        time.sleep(0.3)
+        child_log, parent_log = procs[1].stdout(), procs[0].stdout()
+        chained = f"target=http://api.parent.test:{env.port}/chained "
+        assert chained in child_log and chained in parent_log
+        assert f"method=GET dest=api.sparent.test:{env.port}" in child_log
+        assert f"proto=socks5 method=CONNECT dest=api.sparent.test:{env.port}" in parent_log
+        for text in (child_log, parent_log):
+            assert f"method=CONNECT dest=api.parent.test:{env.port}" in text
+        assert "user=carol" in parent_log
+        tunnel = f'upstream="http://127.0.0.1:{parent_http} -> api.parent.test:{env.port}"'
+        assert tunnel in child_log
+    finally:
+        for p in reversed(procs):
+            p.stop()
