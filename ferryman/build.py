@@ -17,6 +17,7 @@ from ferryman.filters.base import Filter, FilterChain
 from ferryman.filters.forwarded import ForwardedHeaders
 from ferryman.filters.headers import RequestHeaders, ResponseHeaders
 from ferryman.proxy.forward import ProxyRoute
+from ferryman.proxy.h2proxy import H2ProxyRoute
 from ferryman.proxy.simple import Redirect, Respond
 from ferryman.routing.rewrite import compile_rewrite
 from ferryman.routing.table import CompiledRoute, HostTable, VirtualHost
@@ -106,7 +107,10 @@ class Runtime:
                 group = self.groups.setdefault(
                     f"url:{address}", single_peer_group(route.proxy.url, address)
                 )
-            handler = ProxyRoute(route.proxy, group, chain)
+            if group.protocol == "http/1.1":
+                handler = ProxyRoute(route.proxy, group, chain)
+            else:
+                handler = H2ProxyRoute(route.proxy, group, chain)
         elif route.respond is not None:
             handler = Respond(route.respond)
         else:

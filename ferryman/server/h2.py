@@ -63,8 +63,10 @@ class H2Stream:
     __slots__ = (
         "_bodyless",
         "_ending",
+        "_head",
         "_out",
         "_paused_handler",
+        "_trailers",
         "_unacked",
         "buffered",
         "conn",
@@ -93,6 +95,10 @@ class H2Stream:
         self._ending = False
         self._bodyless = False
         self._paused_handler = False  # we paused the handler: too much unsent
+        self._trailers: HeaderList | None = None
+        # The response head waits for the first pump, so a response without body goes out
+        # as one HEADERS frame with END_STREAM (gRPC's trailers-only answers need that).
+        self._head: HeaderList | None = None
         self._unacked = -1  # >= 0 while the handler has paused reading the body
 
     # pipeline.Side
@@ -171,7 +177,7 @@ class H2Stream:
         ctx.status = status
         self.started = True
         self._bodyless = status in _BODYLESS or ctx.method == "HEAD"
-        self.conn.send_headers(self.stream_id, response_block(status, headers))
+        self._head = response_block(status, headers)
 
     def write(self, data: bytes) -> None:
         if not data or self._bodyless:
@@ -187,6 +193,12 @@ class H2Stream:
         self._ending = True
         self.exchange = None
         self.conn.pump(self)
+
+    def send_trailers(self, trailers: HeaderList) -> None:
+        """End the response with a trailer section (gRPC's status) instead of END_STREAM on
+        the last DATA frame."""
+        self._trailers = [(k.lower(), v) for k, v in trailers]
+        self.finish()
 
     def abort(self, reason: str) -> None:
         self.exchange = None
@@ -433,12 +445,6 @@ class H2Server(asyncio.Protocol):
         if self.draining and not self.streams:
             self._schedule_close()
 
-    def send_headers(self, sid: int, block: HeaderList) -> None:
-        # The stream may be gone: reset by the client meanwhile.
-        with contextlib.suppress(ProtocolError):
-            self.h2.conn.send_headers(sid, block)
-        self._schedule_write()
-
     def reset(self, sid: int, code: ErrorCodes) -> None:
         with contextlib.suppress(ProtocolError):
             self.h2.conn.reset_stream(sid, code)
@@ -464,6 +470,15 @@ class H2Server(asyncio.Protocol):
         if self.closed or self.streams.get(sid) is not stream:
             return
         try:
+            head = stream._head
+            if head is not None:
+                stream._head = None
+                if stream._ending and not out and stream._trailers is None:
+                    conn.send_headers(sid, head, end_stream=True)
+                    self.stream_over(stream)
+                    self._schedule_write()
+                    return
+                conn.send_headers(sid, head)
             if out:
                 state = conn.streams.get(sid)
                 window = conn.local_flow_control_window(sid)
@@ -478,7 +493,7 @@ class H2Server(asyncio.Protocol):
                         direct.append(_data_header(n, sid))
                         direct.append(data[:n])
                         out[0] = data[n:]
-                    elif stream._ending and len(out) == 1:
+                    elif stream._ending and len(out) == 1 and stream._trailers is None:
                         break  # the last frame carries END_STREAM, through h2
                     else:
                         direct.append(_data_header(n, sid))
@@ -497,6 +512,12 @@ class H2Server(asyncio.Protocol):
                     stream.buffered -= len(last)
                     conn.send_data(sid, last, end_stream=True)
                     self.stream_over(stream)
+                elif stream._ending and not out and stream._trailers is not None:
+                    conn.send_headers(sid, stream._trailers, end_stream=True)
+                    self.stream_over(stream)
+            elif stream._ending and stream._trailers is not None:
+                conn.send_headers(sid, stream._trailers, end_stream=True)
+                self.stream_over(stream)
             elif stream._ending:
                 # An early answer leaves the rest of an upload to be read and dropped (its
                 # DATA is still acknowledged), which clients take better than a reset.

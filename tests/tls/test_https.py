@@ -88,7 +88,7 @@ def _s_client(port: int, *args: str) -> str:
         ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", *args],
         input="",
         capture_output=True,
-        text=True,
+        encoding="latin-1",
         timeout=20,
     )
     return out.stdout + out.stderr
