@@ -1,0 +1,166 @@
+"""HTTP/1.1 framing, fed bytes: the parser's calls are the whole story."""
+
+from __future__ import annotations
+
+import pytest
+
+from ferryman.http.h1 import (
+    Limits,
+    ParseError,
+    RequestHead,
+    RequestParser,
+    ResponseHead,
+    ResponseParser,
+    request_head,
+    response_head,
+)
+
+LIMITS = Limits(max_request_line=1024, max_header_size=2048, max_headers=10)
+
+
+class Requests:
+    def __init__(self) -> None:
+        self.events: list[object] = []
+
+    def on_request(self, head: RequestHead) -> None:
+        self.events.append(
+            (
+                "head",
+                head.method,
+                head.target,
+                head.host,
+                head.content_length,
+                head.chunked,
+                head.keep_alive,
+            )
+        )
+
+    def on_body(self, data: bytes) -> None:
+        self.events.append(("body", data))
+
+    def on_request_end(self) -> None:
+        self.events.append("end")
+
+
+def parse(*chunks: bytes) -> list[object]:
+    sink = Requests()
+    parser = RequestParser(sink, LIMITS)
+    for c in chunks:
+        parser.feed(c)
+    return sink.events
+
+
+def test_pipelined_requests_in_one_chunk() -> None:
+    events = parse(
+        b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Length: 3\r\n\r\nabc"
+    )
+    assert events == [
+        ("head", "GET", b"/a", b"x", None, False, True),
+        "end",
+        ("head", "POST", b"/b", b"x", 3, False, True),
+        ("body", b"abc"),
+        "end",
+    ]
+
+
+def test_chunked_body_split_anywhere() -> None:
+    raw = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    events = parse(*[raw[i : i + 1] for i in range(len(raw))])
+    assert events[0] == ("head", "POST", b"/", b"x", None, True, True)
+    assert b"".join(e[1] for e in events if isinstance(e, tuple) and e[0] == "body") == b"abc"
+    assert events[-1] == "end"
+
+
+def test_http10_defaults_to_close() -> None:
+    assert parse(b"GET / HTTP/1.0\r\n\r\n")[0] == ("head", "GET", b"/", b"", None, False, False)
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            400,
+        ),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 3000 + b"\r\n\r\n", 431),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X: 1\r\n" * 11 + b"\r\n", 431),
+        (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nExpect: nope\r\n\r\n", 417),
+    ],
+)
+def test_refused_heads(raw: bytes, status: int) -> None:
+    with pytest.raises(ParseError) as info:
+        parse(raw)
+    assert info.value.status == status
+
+
+def test_head_dribbled_without_end_is_refused_once_it_cannot_fit() -> None:
+    sink = Requests()
+    parser = RequestParser(sink, LIMITS)
+    parser.feed(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    with pytest.raises(ParseError) as info:
+        for _ in range(400):
+            parser.feed(b"X-Long: aaaa")
+    assert info.value.status == 431
+
+
+def test_upgrade_returns_offset_of_tunnelled_bytes() -> None:
+    sink = Requests()
+    parser = RequestParser(sink, LIMITS)
+    raw = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+    offset = parser.feed(raw + b"\x81\x00")
+    assert offset == len(raw)
+
+
+class Responses:
+    def __init__(self) -> None:
+        self.events: list[object] = []
+
+    def on_response(self, head: ResponseHead) -> None:
+        self.events.append(("head", head.status, head.content_length, head.keep_alive))
+
+    def on_response_body(self, data: bytes) -> None:
+        self.events.append(("body", data))
+
+    def on_response_end(self, keep_alive: bool) -> None:
+        self.events.append(("end", keep_alive))
+
+
+def test_head_response_has_no_body_and_the_next_one_parses() -> None:
+    sink = Responses()
+    parser = ResponseParser(sink)
+    parser.expect("HEAD")
+    parser.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+    parser.expect("GET")
+    parser.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+    assert sink.events == [
+        ("head", 200, 10, True),
+        ("end", True),
+        ("head", 200, 2, True),
+        ("body", b"hi"),
+        ("end", True),
+    ]
+
+
+def test_interim_then_final_and_204_304() -> None:
+    sink = Responses()
+    parser = ResponseParser(sink)
+    parser.expect("GET")
+    parser.feed(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n"
+    )
+    statuses = [e[1] for e in sink.events if e[0] == "head"]
+    assert statuses == [100, 204, 304]
+    assert not any(e[0] == "body" for e in sink.events)
+
+
+def test_serializers() -> None:
+    assert response_head(404, [(b"a", b"b")]) == b"HTTP/1.1 404 Not Found\r\na: b\r\n\r\n"
+    assert (
+        request_head("GET", b"/x?y", [(b"host", b"h")]) == b"GET /x?y HTTP/1.1\r\nhost: h\r\n\r\n"
+    )
