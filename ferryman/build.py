@@ -14,11 +14,13 @@ from ferryman.config.schema import AccessLog as AccessLogConfig
 from ferryman.config.schema import Config, PluginRef, Route, Server
 from ferryman.filters.access_log import AccessLog
 from ferryman.filters.base import Filter, FilterChain
+from ferryman.filters.compression import Compression
 from ferryman.filters.forwarded import ForwardedHeaders
 from ferryman.filters.headers import RequestHeaders, ResponseHeaders
 from ferryman.proxy.forward import ProxyRoute
 from ferryman.proxy.h2proxy import H2ProxyRoute
 from ferryman.proxy.simple import Redirect, Respond
+from ferryman.proxy.static import StaticFiles
 from ferryman.routing.rewrite import compile_rewrite
 from ferryman.routing.table import CompiledRoute, HostTable, VirtualHost
 from ferryman.server.tls import build_listener_tls
@@ -91,6 +93,10 @@ class Runtime:
         if route.response_headers is not None:
             filters.append(ResponseHeaders(route.response_headers))
         filters += [load_plugin(p, where) for p in route.plugins]
+        compression = route.compression or server.compression
+        if compression is not None and compression.enabled:
+            # First in the list, so last on the response: it compresses what the others made.
+            filters.insert(0, Compression(compression))
         chain = FilterChain(filters)
         handler: object
         if route.proxy is not None:
@@ -113,6 +119,8 @@ class Runtime:
                 handler = H2ProxyRoute(route.proxy, group, chain)
         elif route.respond is not None:
             handler = Respond(route.respond)
+        elif route.static is not None:
+            handler = StaticFiles(route.static, route.path, chain)
         else:
             assert route.redirect is not None
             handler = Redirect(route.redirect)
