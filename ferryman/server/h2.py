@@ -211,8 +211,8 @@ class H2Stream:
         if self.started:
             self.abort("a second response to one request")
             return
-        self.chain().run_response(self.ctx, status, headers)
-        headers.append((b"content-length", b"%d" % len(body)))
+        # Both response phases: a compressing filter must also see a whole-body answer.
+        body = self.chain().run_whole_response(self.ctx, status, headers, body)
         self.start_response(status, headers, len(body))
         self.write(body)
         self.finish()
