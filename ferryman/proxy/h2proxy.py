@@ -17,7 +17,7 @@ import time
 
 from ferryman.config.schema import ProxyHandler
 from ferryman.context import RequestContext
-from ferryman.filters.base import FilterChain
+from ferryman.filters.base import BodyFilter, FilterChain
 from ferryman.http.headers import HOP_BY_HOP, HeaderList, connection_tokens
 from ferryman.proxy.api import Downstream, Exchange
 from ferryman.server.h2 import H2Stream
@@ -56,6 +56,7 @@ class H2ProxyRoute:
 
 class H2ProxyExchange:
     __slots__ = (
+        "_body_filters",
         "_conn",
         "_done",
         "_downstream",
@@ -86,6 +87,7 @@ class H2ProxyExchange:
         self._unsent = b""
         self._unsent_end = False
         self._trailers: HeaderList | None = None
+        self._body_filters: tuple[BodyFilter, ...] = ()
         self._timer: asyncio.TimerHandle | None = None
         group = route.group
         peer = group.pick([], group.key(ctx))
@@ -179,6 +181,8 @@ class H2ProxyExchange:
         ctx = self.ctx
         ctx.upstream_status = status
         self._route.chain.run_response(ctx, status, headers)
+        if not ended:
+            self._body_filters = self._route.chain.body_filters(headers)
         self._started = True
         self._downstream.start_response(status, headers, None)
         if not ended:
@@ -188,7 +192,7 @@ class H2ProxyExchange:
         if self._done:
             return
         self._touch()
-        for method in self._route.chain.on_response_body:
+        for method in self._body_filters:
             data = method(self.ctx, data, False)
         self._downstream.write(data)
         self._downstream.flush()
@@ -209,6 +213,12 @@ class H2ProxyExchange:
         if not self._started:
             self._fail(502, "the upstream server sent no response", "upstream ended early")
             return
+        if self._body_filters:
+            data = b""
+            for method in self._body_filters:
+                data = method(self.ctx, data, True)
+            if data:
+                downstream.write(data)
         if self._trailers and isinstance(downstream, H2Stream):
             downstream.send_trailers(self._trailers)
         else:
