@@ -18,6 +18,7 @@ Theory of operation. :class:`ServerH2` wraps one ``h2`` server connection. Bytes
 from __future__ import annotations
 
 import contextlib
+import re
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -69,7 +70,16 @@ class Limits:
         self.max_control_per_second = max_control_per_second
 
 
-_CONFIG = H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True)
+# Header validation is done by :func:`request_head` in one pass (h2's own costs more than the
+# rest of a request); response headers come from :func:`response_block`, already clean.
+_CONFIG = H2Configuration(
+    client_side=False,
+    header_encoding=None,
+    validate_inbound_headers=False,
+    normalize_inbound_headers=False,
+    validate_outbound_headers=False,
+    normalize_outbound_headers=False,
+)
 
 
 class ServerH2:
@@ -154,6 +164,15 @@ class RequestHead:
         self.content_length = content_length
 
 
+# RFC 9113 8.2.1: lower-case tokens only; values without CR, LF or NUL, and without
+# leading or trailing whitespace. Anything else could split a request on an HTTP/1.1 upstream.
+_BAD_NAME = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9a-z]")
+_BAD_VALUE = re.compile(rb"[\r\n\x00]|^[ \t]|[ \t]$")
+_CONNECTION_SPECIFIC = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"}
+)
+
+
 def request_head(block: list[tuple[bytes, bytes]], ends_stream: bool) -> RequestHead:
     """An HTTP/2 request header block as the pipeline's request head (RFC 9113 8.3.1)."""
     method = scheme = path = authority = None
@@ -162,6 +181,8 @@ def request_head(block: list[tuple[bytes, bytes]], ends_stream: bool) -> Request
     host: bytes | None = None
     content_length: int | None = None
     for name, value in block:
+        if _BAD_VALUE.search(value) is not None:
+            raise BadRequest(f"invalid characters in the value of {name!r}")
         if name[:1] == b":":
             if name == b":method":
                 method = value
@@ -174,6 +195,10 @@ def request_head(block: list[tuple[bytes, bytes]], ends_stream: bool) -> Request
             elif name != b":protocol":
                 raise BadRequest(f"unknown pseudo-header {name!r}")
             continue
+        if _BAD_NAME.search(name) is not None:
+            raise BadRequest(f"invalid header name {name!r}")
+        if name in _CONNECTION_SPECIFIC and (name != b"te" or value != b"trailers"):
+            raise BadRequest(f"connection-specific header {name!r} (RFC 9113 8.2.2)")
         if name == b"cookie":
             cookies.append(value)  # split into crumbs by HPACK; HTTP/1.1 wants one line
             continue
@@ -215,3 +240,65 @@ def response_block(status: int, headers: HeaderList) -> HeaderList:
     out: HeaderList = [(b":status", b"%d" % status)]
     out += [(k.lower(), v) for k, v in headers if k.lower() not in drop]
     return out
+
+
+# HPACK (RFC 7541) for response heads, written here because the library's encoder is the
+# largest cost of a small response. Fields are sent as literals *without indexing*, so the
+# encoder's dynamic table, which ``h2`` still uses for trailers, is never out of step with the
+# client's decoder; a status in the static table is one byte.
+_STATUS = {200: 0x88, 204: 0x89, 206: 0x8A, 304: 0x8B, 400: 0x8C, 404: 0x8D, 500: 0x8E}
+_NAME_INDEX = {
+    b"accept-ranges": 18,
+    b"age": 21,
+    b"cache-control": 24,
+    b"content-encoding": 26,
+    b"content-language": 27,
+    b"content-length": 28,
+    b"content-range": 30,
+    b"content-type": 31,
+    b"date": 33,
+    b"etag": 34,
+    b"expires": 36,
+    b"last-modified": 44,
+    b"location": 46,
+    b"server": 54,
+    b"set-cookie": 55,
+    b"strict-transport-security": 56,
+    b"vary": 59,
+}
+
+
+def _integer(value: int, prefix: int, first: int) -> bytes:
+    limit = (1 << prefix) - 1
+    if value < limit:
+        return bytes((first | value,))
+    out = bytearray((first | limit,))
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_response(block: HeaderList) -> bytes:
+    """An HPACK header block for ``response_block``'s output."""
+    parts: list[bytes] = []
+    for name, value in block:
+        if name == b":status":
+            one = _STATUS.get(int(value))
+            if one is not None:
+                parts.append(bytes((one,)))
+                continue
+            parts.append(b"\x08")  # literal without indexing, name = static entry 8
+        else:
+            index = _NAME_INDEX.get(name)
+            if index is not None:
+                parts.append(_integer(index, 4, 0))
+            else:
+                parts.append(b"\x00")
+                parts.append(_integer(len(name), 7, 0))
+                parts.append(name)
+        parts.append(_integer(len(value), 7, 0))
+        parts.append(value)
+    return b"".join(parts)
