@@ -65,11 +65,11 @@ def strip_hop_by_hop(headers: HeaderList, drop: frozenset[bytes] = HOP_BY_HOP) -
     """A copy without hop-by-hop headers (``drop``), nor those the Connection header names."""
     kept = [h for h in headers if h[0] not in drop]
     if len(kept) != len(headers):
-        for k, v in headers:
-            # "keep-alive" and "close" name nothing beyond what was dropped already.
-            if k == b"connection" and v.lower() not in _PLAIN_CONNECTION:
-                tokens = connection_tokens(headers)
-                return [h for h in kept if h[0] not in tokens]
+        # "keep-alive" and "close" name nothing beyond what was dropped already.
+        values = [v for k, v in headers if k == b"connection"]
+        if any(v.lower() not in _PLAIN_CONNECTION for v in values):
+            tokens = connection_tokens(headers)
+            return [h for h in kept if h[0] not in tokens]
     return kept
 
 
