@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import socket
 import ssl
@@ -45,13 +46,27 @@ from benchlib import (
     start_ferryman,
     start_nginx,
     table,
-    tree_cpu_seconds,
     wait_ready,
     write_origin_files,
 )
 
 sys.path.insert(0, str(REPO))
-from ferryman.tls.certs import make_cert  # noqa: E402
+from ferryman.tls.certs import make_cert
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """utime + stime of ``root`` and its children (nginx's master and worker), in seconds."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == root or int(fields[1]) == root:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def tls_nginx_conf(workdir: Path, port: int, origin_port: int, cert: Path, key: Path) -> str:
@@ -117,7 +132,7 @@ def download(port: int, ca: Path, http: str, path: str) -> float:
         "--cacert", str(ca), http, f"https://localhost:{port}{path}",
     ]  # fmt: skip
     out = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=True).stdout
-    seconds, size, code = out.split()
+    seconds, _size, code = out.split()
     if code != "200":
         raise BenchError(f"download over {http} answered {code}")
     return float(seconds)
