@@ -207,6 +207,15 @@ class RedirectHandler(Model):
     status: Literal[301, 302, 303, 307, 308] = 301
 
 
+def beside_config(path: str | None, info: ValidationInfo) -> str | None:
+    """A relative file or directory is read beside the config file, as nginx reads paths
+    beside its prefix, so a config means the same whatever the working directory."""
+    base = (info.context or {}).get("config_dir")
+    if path is not None and base and not os.path.isabs(path):
+        return os.path.join(base, path)
+    return path
+
+
 class StaticHandler(Model):
     """Files from a directory. ``root`` appends the whole URL path to the directory (nginx
     ``root``); ``alias`` replaces the route's prefix with it (nginx ``alias``)."""
@@ -237,11 +246,7 @@ class StaticHandler(Model):
     @field_validator("root", "alias")
     @classmethod
     def _beside_config(cls, v: str | None, info: ValidationInfo) -> str | None:
-        # A relative directory is read beside the config file, whatever the working directory.
-        base = (info.context or {}).get("config_dir")
-        if v is not None and base and not os.path.isabs(v):
-            return os.path.join(base, v)
-        return v
+        return beside_config(v, info)
 
     @model_validator(mode="after")
     def _one_dir(self) -> StaticHandler:
@@ -394,6 +399,11 @@ class Tls(Model):
     session_tickets: bool = True
     # TLS 1.3 tickets sent after a full handshake (each one resumes one later connection).
     session_ticket_count: int = Field(default=2, ge=0, le=16)
+
+    @field_validator("cert", "key")
+    @classmethod
+    def _beside_config(cls, v: str, info: ValidationInfo) -> str:
+        return beside_config(v, info) or v
 
     @model_validator(mode="after")
     def _versions(self) -> Tls:
