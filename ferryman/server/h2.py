@@ -336,7 +336,8 @@ class H2Server(asyncio.Protocol):
             self.client_addr, self.client_port = peer[0], peer[1]
         self.h2.initiate()
         self._write_now()
-        self._idle_timer = self._loop.call_later(listener.http2.idle_timeout, self._on_idle)
+        first = min(listener.http2.idle_timeout, listener.limits.client_body_timeout)
+        self._idle_timer = self._loop.call_later(first, self._on_idle)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -622,8 +623,20 @@ class H2Server(asyncio.Protocol):
         if self.closed:
             return
         timeout = self.listener.http2.idle_timeout
+        body_timeout = self.listener.limits.client_body_timeout
         idle = self._loop.time() - self._last_active
-        if self.streams or idle < timeout:
-            self._idle_timer = self._loop.call_later(max(timeout - idle, 1.0), self._on_idle)
+        if self.streams and idle >= body_timeout:
+            # Nothing received for that long while requests wait for their bodies: the
+            # HTTP/2 form of a slow-loris. Those streams get 408 (or a reset once answered).
+            for stream in list(self.streams.values()):
+                if not stream.request_done:
+                    stream.ctx.error = "the request body was not received in time"
+                    exchange, stream.exchange = stream.exchange, None
+                    if exchange is not None:
+                        exchange.on_downstream_lost()
+                    stream.error(408, "the request body was not received in time")
+        if not self.streams and idle >= timeout:
+            self.drain()
             return
-        self.drain()
+        wait = body_timeout - idle if self.streams else min(timeout - idle, body_timeout)
+        self._idle_timer = self._loop.call_later(max(wait, 0.25), self._on_idle)

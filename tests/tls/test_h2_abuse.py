@@ -220,3 +220,43 @@ def test_polite_client_unaffected(target: tuple[int, Proc]) -> None:
     with httpx.Client(http1=False, http2=True) as c:
         for _ in range(300):  # more streams than any per-second limit, none reset
             assert c.get(f"http://127.0.0.1:{port}/fixed").text == "ok"
+
+
+def test_stalled_request_bodies_time_out(
+    origin: Callable[..., Proc], ferryman: Callable[..., Proc]
+) -> None:
+    origin_port = free_port()
+    origin(origin_port, "app")
+    port = free_port()
+    ferryman(
+        f"""
+workers: 1
+http2: {{h2c: true}}
+limits: {{client_body_timeout: 1s}}
+servers:
+  - listen: ["127.0.0.1:{port}"]
+    routes:
+      - path: /
+        proxy: {{url: "http://127.0.0.1:{origin_port}"}}
+""",
+        port,
+    )
+    a = Attack(port)
+    block = hpack.Encoder().encode(
+        [(":method", "POST"), (":scheme", "http"), (":authority", "a"), (":path", "/up"),
+         ("content-length", "1000")]
+    )  # fmt: skip
+    # Ten uploads that never send their bodies: each is answered 408 once the body timeout
+    # passes with nothing received, rather than held open forever.
+    a.send(b"".join(frame(HEADERS, END_HEADERS, s, block) for s in range(1, 21, 2)))
+    a.drain(2.5)  # well under the default body timeout of 60s: the configured 1s applied
+    decoder = hpack.Decoder()
+    statuses = []
+    buf, i = a.received, 0
+    while i + 9 <= len(buf):
+        n = int.from_bytes(buf[i : i + 3], "big")
+        if buf[i + 3] == HEADERS:
+            statuses.append(dict(decoder.decode(buf[i + 9 : i + 9 + n]))[":status"])
+        i += 9 + n
+    assert statuses == ["408"] * 10
+    a.close()
