@@ -39,12 +39,11 @@ from ferryman.filters.base import Filter, FilterChain
 from ferryman.forward.acl import Refused, Request, parse_ip
 from ferryman.forward.auth import parse_basic
 from ferryman.forward.chain import authority, basic_credentials
-from ferryman.forward.outbound import DestinationPool
+from ferryman.forward.outbound import BulkSplice, DestinationPool
 from ferryman.http.h1 import RequestHead
 from ferryman.http.headers import HeaderList, get, set_
 from ferryman.proxy.api import Downstream, Exchange
 from ferryman.proxy.forward import ProxyExchange, ProxyRoute
-from ferryman.proxy.tunnel import Splice
 from ferryman.server.tasks import spawn
 from ferryman.upstream.group import UpstreamGroup
 
@@ -262,7 +261,7 @@ class ForwardHttp:
                 conn.close()
                 return
             ctx.upstream_addr = peer
-            ctx.state["splice"] = Splice(
+            ctx.state["splice"] = BulkSplice(
                 downstream, conn, leftover, service.config.timeouts.idle, 200, []
             )
             return

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from typing import TYPE_CHECKING, cast
+import os
+from typing import cast
 
 from ferryman.config.forward import Parent
 from ferryman.forward.acl import (
@@ -23,33 +24,83 @@ from ferryman.forward.acl import (
 )
 from ferryman.forward.chain import ChainRouter, http_connect, socks5_connect
 from ferryman.forward.resolver import ResolveError, Resolver, happy_connect
+from ferryman.http.headers import HeaderList
+from ferryman.proxy.api import Downstream
+from ferryman.proxy.tunnel import Splice
 from ferryman.upstream.connection import UpstreamConnection
 from ferryman.upstream.peer import Peer
 from ferryman.upstream.pool import Pool
 
-if TYPE_CHECKING:
-    from ferryman.proxy.tunnel import Splice
+
+class BulkSplice(Splice):
+    """A :class:`Splice` that can take a view of the upstream side's read buffer."""
+
+    __slots__ = ("_client_transport",)
+
+    def __init__(
+        self,
+        downstream: Downstream,
+        upstream: Outbound,
+        leftover: bytes,
+        idle_timeout: float,
+        status: int = 200,
+        headers: HeaderList | None = None,
+    ) -> None:
+        transport = getattr(downstream, "transport", None)
+        self._client_transport: asyncio.WriteTransport | None = transport
+        tune_for_bulk(transport)
+        tune_for_bulk(upstream.transport)
+        upstream.bulk = self
+        super().__init__(downstream, upstream, leftover, idle_timeout, status, headers)
+
+    def from_upstream_view(self, data: memoryview) -> bool:
+        """Relay ``data``; True when the client's transport kept it to send later."""
+        self.from_upstream(data)  # type: ignore[arg-type]
+        t = self._client_transport
+        return t is None or t.get_write_buffer_size() > 0
 
 
-class Outbound(asyncio.Protocol):
+class Outbound(asyncio.BufferedProtocol):
     """The upstream side of a tunnel. Before a :class:`Splice` takes it, received bytes are
-    kept for a handshake (a parent's CONNECT answer, a SOCKS5 reply)."""
+    kept for a handshake (a parent's CONNECT answer, a SOCKS5 reply).
 
-    __slots__ = ("_buf", "_closed", "_waiter", "transport", "tunnel")
+    Downloads are the bulk of tunnel traffic, so this side reads into its own buffer
+    (``BufferedProtocol``) and hands the client a view of it, saving the copy into a new
+    ``bytes`` per read. When the client's transport wrote the view out at once, the same
+    bytes are read into again; when it queued the view, the next read goes after it in the
+    buffer (a bump allocator), so what stays pinned is about what is queued, and a new
+    buffer is started when less than ``_MIN_READ`` is left."""
+
+    __slots__ = ("_buf", "_closed", "_off", "_rbuf", "_waiter", "bulk", "transport", "tunnel")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.tunnel: Splice | None = None
+        self.bulk: BulkSplice | None = None  # the same object as ``tunnel``, typed for views
         self._buf = bytearray()
+        self._rbuf: memoryview | None = None
+        self._off = 0
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
 
-    def data_received(self, data: bytes) -> None:
-        if self.tunnel is not None:
-            self.tunnel.from_upstream(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        buf = self._rbuf
+        if buf is None or len(buf) - self._off < _MIN_READ:
+            buf = self._rbuf = memoryview(bytearray(_READ_SIZE))
+            self._off = 0
+        return buf[self._off :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        buf = self._rbuf
+        assert buf is not None
+        start = self._off
+        data = buf[start : start + nbytes]
+        if self.bulk is not None:
+            if self.bulk.from_upstream_view(data):
+                self._off = start + nbytes  # queued by the client's transport: keep it
             return
         self._buf += data
         self._wake()
@@ -105,6 +156,21 @@ class Outbound(asyncio.Protocol):
     def local_address(self) -> tuple[str, int]:
         sock = self.transport.get_extra_info("sockname") if self.transport else None
         return (sock[0], sock[1]) if sock else ("0.0.0.0", 0)
+
+
+# A tunnel moves bulk data: with asyncio's default 64 KiB high-water mark the relay stops and
+# starts its reader every few hundred microseconds. Deeper buffers let each side run longer.
+_HIGH_WATER = int(os.environ.get("FERRYMAN_TUNNEL_HIGH", 256 * 1024))
+_READ_SIZE = 256 * 1024
+_MIN_READ = 64 * 1024
+_LOW_WATER = _HIGH_WATER // 4
+
+
+def tune_for_bulk(transport: asyncio.BaseTransport | None) -> None:
+    if isinstance(transport, asyncio.WriteTransport) or hasattr(
+        transport, "set_write_buffer_limits"
+    ):
+        transport.set_write_buffer_limits(high=_HIGH_WATER, low=_LOW_WATER)  # type: ignore[union-attr]
 
 
 def _refusal(exc: BaseException, what: str) -> Refused:

@@ -19,6 +19,7 @@ from ferryman.context import RequestContext
 from ferryman.forward import socks5
 from ferryman.forward.acl import SOCKS_GENERAL_FAILURE, Refused, Request, parse_ip
 from ferryman.forward.chain import authority
+from ferryman.forward.outbound import BulkSplice
 from ferryman.http.headers import HeaderList
 from ferryman.proxy.api import Downstream
 from ferryman.proxy.tunnel import Splice
@@ -166,7 +167,7 @@ class SocksConnection(asyncio.Protocol):
         self._write(self._machine.reply(socks5.SUCCEEDED, bind_host, bind_port))
         # Splice uses only the tunnel half of Downstream, which this class implements.
         client = cast("Downstream", self)
-        ctx.state["splice"] = Splice(client, conn, leftover, service.config.timeouts.idle, 200)
+        ctx.state["splice"] = BulkSplice(client, conn, leftover, service.config.timeouts.idle, 200)
 
     def _handshake_timeout(self) -> None:
         self._timer = None
