@@ -53,6 +53,8 @@ from benchlib import (
 sys.path.insert(0, str(REPO))
 from ferryman.tls.certs import make_cert
 
+UPSTREAM_KEEPALIVE = 256
+
 
 def tree_cpu_seconds(root: int) -> float:
     """utime + stime of ``root`` and its children (nginx's master and worker), in seconds."""
@@ -73,8 +75,11 @@ def tls_nginx_conf(workdir: Path, port: int, origin_port: int, cert: Path, key: 
     """``proxy_nginx_conf`` with its listener turned into TLS + HTTP/2 (nginx 1.22 syntax)."""
     conf = proxy_nginx_conf(workdir, "nginx", port, origin_port)
     plain = f"        listen {HOST}:{port};\n"
-    if plain not in conf:
+    if plain not in conf or "keepalive 64;" not in conf:
         raise BenchError("the nginx proxy config changed shape; update h2_bench.py")
+    # -c 20 -m 10 keeps 200 requests in flight: both proxies keep that many idle upstream
+    # connections, so neither pays for connections opened and closed under load.
+    conf = conf.replace("keepalive 64;", f"keepalive {UPSTREAM_KEEPALIVE};")
     return conf.replace(
         plain,
         f"        listen {HOST}:{port} ssl http2;\n"
@@ -175,6 +180,7 @@ def main() -> int:
         servers.append(nginx)
         conf = ferryman_conf(ferryman_port, origin_port, limits={"keepalive_requests": 100000})
         conf["servers"][0]["tls"] = {"cert": str(cert), "key": str(key)}
+        conf["upstreams"]["origin"]["keepalive"] = UPSTREAM_KEEPALIVE
         ferryman = start_ferryman("ferryman", workdir, conf, ferryman_port)
         servers.append(ferryman)
         for s in (nginx, ferryman):

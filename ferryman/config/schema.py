@@ -127,6 +127,11 @@ class UpstreamTls(Model):
     cert: str | None = None
     key: str | None = None
 
+    @field_validator("ca_file", "cert", "key")
+    @classmethod
+    def _beside_config(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return beside_config(v, info)
+
     @model_validator(mode="after")
     def _pair(self) -> UpstreamTls:
         if (self.cert is None) != (self.key is None):
