@@ -275,6 +275,8 @@ class ForwardHttp:
             ctx.upstream_target = path
         if pending.lost:
             return
+        if head.expect_continue:
+            downstream.send_interim(100, [])  # checks passed: the client may send its body
         pending.attach(ProxyExchange(route, ctx, downstream))
 
     def _route(self, host: str, port: int, parent: Parent | None) -> ProxyRoute:

@@ -499,3 +499,50 @@ def test_chaining_through_parent_proxies(tmp_path: Path, env: Env) -> None:
     finally:
         for p in reversed(procs):
             p.stop()
+
+
+def test_forward_and_reverse_on_one_port(tmp_path: Path, env: Env) -> None:
+    """Origin-form requests go to the server's routes, absolute-form ones and CONNECT to the
+    forward proxy, on the same address."""
+    port = free_port()
+    config = {
+        "workers": 1,
+        "shutdown_timeout": "1s",
+        "servers": [
+            {
+                "listen": [f"127.0.0.1:{port}"],
+                "routes": [{"path": "/", "respond": {"status": 200, "body": "reverse side"}}],
+            }
+        ],
+        "forward": {
+            "listen": [f"127.0.0.1:{port}"],
+            "hosts": {"*.example.test": ["127.0.0.1"]},
+            "allow_destinations": ["127.0.0.1"],
+        },
+    }
+    path = tmp_path / "both.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = start_ferryman(path, ("127.0.0.1", port))
+    try:
+        r = requests.get(f"http://127.0.0.1:{port}/anything", timeout=10)
+        assert r.status_code == 200 and r.text == "reverse side"
+        proxies = {"http": f"http://127.0.0.1:{port}", "https": f"http://127.0.0.1:{port}"}
+        r = requests.get(f"http://api.example.test:{env.port}/fwd", proxies=proxies, timeout=10)
+        assert r.status_code == 200 and r.json()["path"] == "/fwd"
+        r = requests.get(env.https + "/fwd-tls", proxies=proxies, verify=env.ca, timeout=10)
+        assert r.status_code == 200 and r.json()["path"] == "/fwd-tls"
+        # Expect: 100-continue is answered once the request passed the checks.
+        body = tmp_path / "body"
+        body.write_bytes(b"b" * 5000)
+        t = time.monotonic()
+        out = subprocess.run(
+            ["curl", "-sS", "--max-time", "10", "-x", f"http://127.0.0.1:{port}",
+             "-H", "Expect: 100-continue", "--data-binary", f"@{body}",
+             f"http://api.example.test:{env.port}/expect"],
+            capture_output=True, text=True, check=True,
+            env={k: v for k, v in os.environ.items() if "proxy" not in k.lower()},
+        )  # fmt: skip
+        assert json.loads(out.stdout)["body"] == "b" * 5000
+        assert time.monotonic() - t < 0.9  # curl waits 1 s for a 100 that never comes
+    finally:
+        proc.stop()
