@@ -154,7 +154,7 @@ def _build_forward(config: Config, hosts: dict[str, HostTable]) -> ForwardProxy 
     from ferryman.forward.service import ForwardBuildError, ForwardProxy
 
     try:
-        forward = ForwardProxy(config.forward)
+        forward = ForwardProxy(config.forward, config.limits.max_connections)
     except ForwardBuildError as e:
         raise BuildError(str(e)) from None
     forward.add_host_tables(hosts)

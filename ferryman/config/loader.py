@@ -109,4 +109,12 @@ def summary(config: Config) -> str:
             s.address + (" backup" if s.backup else f" w={s.weight}") for s in up.servers
         )
         out.append(f"upstream {upname} ({up.balance}): {peers}")
+    fwd = config.forward
+    if fwd is not None:
+        where = ", ".join([*fwd.listen, *(f"{a} (SOCKS5)" for a in fwd.socks5_listen)])
+        auth = "auth" if fwd.auth is not None else "no auth"
+        out.append(
+            f"forward proxy on {where}: {auth}, {len(fwd.rules)} rules, CONNECT ports "
+            f"{', '.join(map(str, fwd.connect_ports))}, {len(fwd.chain)} chain rules"
+        )
     return "\n".join(out)

@@ -97,6 +97,13 @@ class Resolver:
             waiter.set_exception(err)
             waiter.exception()  # marks it retrieved when nobody else was waiting
             raise err from None
+        except BaseException:
+            # This lookup was cancelled (its client left, a connect deadline passed): the
+            # others sharing it must not wait forever.
+            if not waiter.done():
+                waiter.set_exception(ResolveError(f"the lookup of {host} was abandoned"))
+                waiter.exception()
+            raise
         finally:
             self._inflight.pop(key, None)
         self._store(key, addrs, self.ttl)

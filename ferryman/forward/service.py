@@ -25,8 +25,10 @@ class ForwardBuildError(ValueError):
 
 
 class ForwardProxy:
-    def __init__(self, config: Forward) -> None:
+    def __init__(self, config: Forward, max_connections: int = 10000) -> None:
         self.config = config
+        # Per worker, for the SOCKS listeners (HTTP listeners count their own).
+        self.max_connections = max_connections
         try:
             self.auth = Authenticator(config.auth) if config.auth is not None else None
         except AuthConfigError as e:

@@ -59,6 +59,10 @@ class SocksConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        if len(self.service.socks_connections) >= self.service.max_connections:
+            self._closed = True
+            self.transport.abort()
+            return
         peer = transport.get_extra_info("peername") or ("", 0)
         self.service.socks_connections.add(self)
         self.ctx = RequestContext(

@@ -53,6 +53,7 @@ class Env:
         self.dir = Path(tempfile.mkdtemp(prefix="ferryman-forward-"))
         self.port = 0  # the plain origin, on 127.0.0.1 and ::1
         self.https = ""  # base URL of the HTTPS origin
+        self.https_port = 443
         self.ca = ""
         self.proxy: Proc | None = None
 
@@ -137,6 +138,7 @@ def env() -> Iterator[Env]:
         e.procs.append(tls)
         wait_port("127.0.0.1", https_port, proc=tls.popen)
         e.https = "https://secure.example.test" + ("" if https_port == 443 else f":{https_port}")
+        e.https_port = https_port
         e.proxy = start_ferryman(config, ("127.0.0.1", 3128))
         e.procs.append(e.proxy)
         wait_port("127.0.0.1", 1080, proc=e.proxy.popen)
@@ -518,6 +520,8 @@ def test_forward_and_reverse_on_one_port(tmp_path: Path, env: Env) -> None:
             "listen": [f"127.0.0.1:{port}"],
             "hosts": {"*.example.test": ["127.0.0.1"]},
             "allow_destinations": ["127.0.0.1"],
+            "connect_ports": [env.https_port, env.port],
+            "timeouts": {"idle": "1s"},
         },
     }
     path = tmp_path / "both.yaml"
@@ -544,5 +548,13 @@ def test_forward_and_reverse_on_one_port(tmp_path: Path, env: Env) -> None:
         )  # fmt: skip
         assert json.loads(out.stdout)["body"] == "b" * 5000
         assert time.monotonic() - t < 0.9  # curl waits 1 s for a 100 that never comes
+        # A tunnel with no bytes either way for timeouts.idle is closed.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            target = f"api.example.test:{env.port}"
+            s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+            assert s.recv(4096).startswith(b"HTTP/1.1 200 ")
+            t = time.monotonic()
+            assert s.recv(4096) == b""
+            assert 0.8 < time.monotonic() - t < 3
     finally:
         proc.stop()

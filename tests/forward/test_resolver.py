@@ -81,3 +81,29 @@ def test_happy_connect_skips_a_dead_address_and_closes_losers() -> None:
         asyncio.run(run())
     finally:
         listener.close()
+
+
+def test_shared_lookup_survives_the_first_caller_being_cancelled() -> None:
+    async def run() -> None:
+        r = Resolver(HostsTable({}), Dns())
+        started = asyncio.Event()
+        release = asyncio.Event()
+
+        async def slow_query(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+            started.set()
+            await release.wait()
+            return [ip("127.0.0.1")]
+
+        r._query = slow_query  # type: ignore[method-assign]
+        first = asyncio.ensure_future(r.resolve("slow.test"))
+        await started.wait()
+        second = asyncio.ensure_future(r.resolve("slow.test"))
+        await asyncio.sleep(0)
+        first.cancel()
+        with pytest.raises(ResolveError, match="abandoned"):
+            await asyncio.wait_for(second, 2)
+        # The next lookup starts afresh.
+        release.set()
+        assert await r.resolve("slow.test") == [ip("127.0.0.1")]
+
+    asyncio.run(run())
