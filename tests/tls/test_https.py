@@ -307,3 +307,18 @@ def test_cert_command(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert verify.stdout.strip() == "dev.test.pem: OK"
+
+
+def test_settings_announced(certs: Certs, edge: tuple[int, Proc]) -> None:
+    port, _ = edge
+    ctx = ssl.create_default_context(cafile=str(certs.ca))
+    c = RawH2(port, tls=ctx, server_name="example.com")
+    c.read(0.3)
+    remote = c.conn.remote_settings
+    assert remote.max_concurrent_streams == 128
+    assert remote.max_header_list_size == 65536
+    assert remote.initial_window_size == 1 << 20
+    assert remote.enable_push == 0
+    # The connection window was opened to 16 MiB at once, not left at 64 KiB.
+    assert c.conn.outbound_flow_control_window == 16 << 20
+    c.close()
