@@ -331,6 +331,13 @@ def test_curl(env: Env) -> None:
     code = curl("-x", PROXY, *user, "-o", "/dev/null", "-w", "%{http_connect}",
                 "https://api.example.test:25/", check=False)  # fmt: skip
     assert code == "403"
+    # SOCKS4a has no passwords: with auth on, the proxy refuses it.
+    out = subprocess.run(
+        ["curl", "-sS", "--max-time", "10", "--socks4a", SOCKS, f"http://api.example.test:{env.port}/"],
+        capture_output=True, text=True, env=clean,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert env.log(lambda x: "SOCKS4 has no passwords" in x["reason"])
 
 
 def test_httpx_with_a_proxy(env: Env) -> None:
@@ -470,19 +477,21 @@ def test_chaining_through_parent_proxies(tmp_path: Path, env: Env) -> None:
         assert r.json()["headers"]["via"] == "1.1 ferryman, 1.1 ferryman"
         r = requests.get(f"http://api.sparent.test:{env.port}/chained-socks", proxies=via)
         assert r.status_code == 200 and r.json()["path"] == "/chained-socks"
-        # A tunnel through the child and the parent, spoken over by hand.
-        with socket.create_connection(("127.0.0.1", child_http), timeout=10) as s:
-            target = f"api.parent.test:{env.port}"
-            s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
-            head = s.recv(4096)
-            assert head.startswith(b"HTTP/1.1 200 ")
-            s.sendall(
-                f"GET /tunnelled HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n".encode()
-            )
-            answer = b""
-            while chunk := s.recv(65536):
-                answer += chunk
-            assert b'"path": "/tunnelled"' in answer
+        # Tunnels through the child and each side of the parent, spoken over by hand.
+        for name in ("parent", "sparent"):
+            with socket.create_connection(("127.0.0.1", child_http), timeout=10) as s:
+                target = f"api.{name}.test:{env.port}"
+                s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+                head = s.recv(4096)
+                assert head.startswith(b"HTTP/1.1 200 ")
+                s.sendall(
+                    f"GET /tunnelled HTTP/1.1\r\nHost: {target}\r\n"
+                    "Connection: close\r\n\r\n".encode()
+                )
+                answer = b""
+                while chunk := s.recv(65536):
+                    answer += chunk
+                assert b'"path": "/tunnelled"' in answer
         # The child does not resolve *.parent.test itself: names it cannot use directly fail.
         r = requests.get(f"http://api.example.test:{env.port}/", proxies=via, timeout=10)
         assert r.status_code == 502

@@ -1,0 +1,24 @@
+"""The forward access log's lines."""
+
+from __future__ import annotations
+
+import json
+
+from ferryman.context import RequestContext
+from ferryman.forward.log import record, text_line
+
+
+def test_text_and_json_fields() -> None:
+    ctx = RequestContext(
+        "127.0.0.1", 50000, 3128, "http", "GET", b"http://a.test/x y", "1.1", [], "a.test:80"
+    )
+    ctx.user, ctx.status, ctx.bytes_received, ctx.bytes_sent = "alice", 403, 12, 34
+    ctx.error = 'blocked "here"'
+    rec = record(ctx)
+    assert rec["client"] == "127.0.0.1:50000" and rec["user"] == "alice"
+    assert (rec["up"], rec["down"], rec["status"]) == (12, 34, 403)
+    line = text_line(rec)
+    assert 'target="http://a.test/x y"' in line
+    assert 'reason="blocked \\"here\\""' in line
+    assert " dest=a.test:80 " in line and line.startswith("time=")
+    assert json.loads(json.dumps(rec))["reason"] == 'blocked "here"'
