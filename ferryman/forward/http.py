@@ -22,6 +22,7 @@ is logged by the listener's access log with the user, destination, bytes and dur
 from __future__ import annotations
 
 import logging
+import re
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
@@ -175,9 +176,14 @@ def parse_authority(value: bytes, default_port: int | None = None) -> tuple[str,
         port = int(port_s)
     else:
         raise Refused(400, "bad port in the request target")
-    if not host or any(c in host for c in " /\\@"):
+    host = host.lower().rstrip(".")
+    if not (_HOSTNAME.match(host) or (":" in host and parse_ip(host) is not None)):
         raise Refused(400, "bad host in the request target")
-    return host.lower().rstrip("."), port
+    return host, port
+
+
+# Names as they travel in HTTP (IDNs already in punycode), and IPv4 addresses.
+_HOSTNAME = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?:\.(?!-)[a-z0-9_-]{1,63})*$")
 
 
 class ForwardHttp:
@@ -224,6 +230,12 @@ class ForwardHttp:
                 ctx.error = e.reason
                 log.info("refused %s %s from %s: %s", ctx.method, ctx.host, ctx.client_addr, e)
                 downstream.error(e.status, e.reason)
+        except Exception as e:
+            log.exception("forward request failed")
+            # Answer unless a handler already owns the response (an exchange or a tunnel).
+            if not pending.lost and pending.inner is None and "splice" not in ctx.state:
+                ctx.error = f"internal error: {e!r}"
+                downstream.error(500, "internal error")
 
     async def _serve(
         self,
@@ -290,7 +302,8 @@ class ForwardHttp:
         up = Upstream(servers=[UpstreamServer(address=address, max_fails=0)], retry=Retry(tries=1))
         group = UpstreamGroup(f"forward:{address}", up)
         group.pool = DestinationPool(service.dialer, host, port)
-        host_header = (host if port == 80 else address).encode("idna")
+        bare = f"[{host}]" if ":" in host else host
+        host_header = (bare if port == 80 else address).encode("idna")
         parent_auth = None
         if parent is not None and parent.kind == "http" and parent.user:
             parent_auth = basic_credentials(parent.user, parent.password)

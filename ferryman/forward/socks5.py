@@ -138,7 +138,10 @@ def _decode_address(buf: bytes | bytearray, at: int) -> tuple[str, int, bool, in
         end = at + 2 + n + 2
         if len(buf) < end:
             return None
-        host = bytes(buf[at + 2 : at + 2 + n]).decode("idna")
+        try:
+            host = bytes(buf[at + 2 : at + 2 + n]).decode("idna")
+        except UnicodeError:
+            raise ValueError("a domain name that does not decode") from None
         is_name = True
     else:
         raise ValueError(f"address type {atyp}")
@@ -258,7 +261,10 @@ class ServerMachine:
             host_end = buf.find(b"\0", end)
             if host_end < 0:
                 return None if len(buf) < 1024 else Failure("SOCKS4a name too long", _S4_REJECT)
-            host = bytes(buf[end:host_end]).decode("idna")
+            try:
+                host = bytes(buf[end:host_end]).decode("idna")
+            except UnicodeError:
+                return Failure("SOCKS4a name does not decode", _S4_REJECT)
             end = host_end + 1
             is_name = True
         else:

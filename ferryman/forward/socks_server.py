@@ -138,7 +138,7 @@ class SocksConnection(asyncio.Protocol):
         service = self.service
         host = event.host.lower().rstrip(".")
         ctx.host = authority(host, event.port)
-        ctx.target = ctx.host.encode("idna")
+        ctx.target = ctx.host.encode("utf-8", "replace")
         ctx.scheme = "socks5" if event.version == 5 else "socks4"
         if event.version == 4 and self._machine.user:
             ctx.user = ctx.user or self._machine.user

@@ -1,0 +1,28 @@
+"""Request targets of forward-proxy requests: CONNECT authorities and absolute URLs."""
+
+from __future__ import annotations
+
+import pytest
+
+from ferryman.forward.acl import Refused
+from ferryman.forward.http import parse_absolute, parse_authority
+
+
+def test_connect_authorities() -> None:
+    assert parse_authority(b"API.Example.Test.:443") == ("api.example.test", 443)
+    assert parse_authority(b"[::1]:8443") == ("::1", 8443)
+    assert parse_authority(b"127.0.0.1:80") == ("127.0.0.1", 80)
+    for bad in (b"a..b:443", b"x y:1", b"-a.test:1", b"a.test:0", b"a.test:99999", b"a.test"):
+        with pytest.raises(Refused) as info:
+            parse_authority(bad)
+        assert info.value.status == 400, bad
+
+
+def test_absolute_urls() -> None:
+    assert parse_absolute(b"http://a.test/x?y=1") == ("a.test", 80, b"/x?y=1")
+    assert parse_absolute(b"HTTP://user:pw@A.test:8080?q") == ("a.test", 8080, b"/?q")
+    assert parse_absolute(b"http://[::1]:81") == ("::1", 81, b"/")
+    with pytest.raises(Refused, match="CONNECT"):
+        parse_absolute(b"https://a.test/")
+    with pytest.raises(Refused, match="not an http"):
+        parse_absolute(b"ftp://a.test/")
