@@ -193,7 +193,7 @@ class Compression(Filter):
             return
         ctx.state[_STATE_KEY] = _ENCODERS[coding](self.levels[coding])
         remove(headers, (b"content-length", b"accept-ranges"))
-        headers.append((b"content-encoding", _NAMES[coding]))
+        set_(headers, b"content-encoding", _NAMES[coding])  # replaces an "identity"
         if etag is not None and etag.startswith(b'"'):
             set_(headers, b"etag", b"W/" + etag)
 

@@ -97,6 +97,8 @@ class StaticFiles:
             k.lower() if k.startswith(".") else "." + k.lower(): v for k, v in config.types.items()
         }
         self._type_cache: dict[str, bytes] = {}
+        if not mimetypes.inited:
+            mimetypes.init()  # reads the system's tables now rather than on a first request
 
     # resolving
 

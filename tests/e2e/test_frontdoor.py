@@ -7,6 +7,7 @@ directory is given as an absolute path, since the config is copied there.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import os
@@ -21,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets
 import yaml
 
 from tests.support.procs import PYTHON, ROOT, Proc, start_origin, wait_port
@@ -338,6 +340,21 @@ def test_traversal_refused(stack: Stack, target: bytes) -> None:
         assert f"{name}: {value}".encode() in answer
 
 
+def test_websocket_over_tls(stack: Stack) -> None:
+    async def talk() -> list[str]:
+        ctx = ssl.create_default_context(cafile=str(stack.ca))
+        async with websockets.connect(
+            "wss://127.0.0.1:8443/ws/chat", ssl=ctx, server_hostname="example.com"
+        ) as ws:
+            got = []
+            for msg in ("hello", "x" * 70000):
+                await ws.send(msg)
+                got.append(str(await ws.recv()))
+            return got
+
+    assert asyncio.run(talk()) == ["hello", "x" * 70000]
+
+
 def test_502_when_the_api_is_down(stack: Stack) -> None:
     """Last in the file: it stops the API servers."""
     for port in (8081, 8082):
@@ -347,5 +364,3 @@ def test_502_when_the_api_is_down(stack: Stack) -> None:
     assert r.json()["error"] == "Bad Gateway"
     assert_security(r.headers)
     assert stack.get("/").status_code == 200
-
-

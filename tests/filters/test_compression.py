@@ -201,3 +201,10 @@ def test_a_filter_that_is_not_length_aware_streams_every_body() -> None:
     chain.run_response(ctx("gzip"), 200, headers)
     assert len(chain.body_filters(headers)) == 2
     assert get(headers, b"content-length") is None
+
+
+def test_identity_encoding_is_replaced() -> None:
+    f = make()
+    headers = [*response(), (b"content-encoding", b"identity")]
+    f.on_response(ctx("gzip"), 200, headers)
+    assert get_all(headers, b"content-encoding") == [b"gzip"]

@@ -71,6 +71,7 @@ async def exchange(path: Path, offset: int, count: int, slow: bool) -> bytes:
         await server.wait_closed()
         os.close(fd)
 
+
 @pytest.mark.parametrize("loop", sorted(LOOPS))
 @pytest.mark.parametrize("slow", [False, True])
 def test_sendfile_follows_buffered_bytes(tmp_path: Path, loop: str, slow: bool) -> None:
