@@ -340,6 +340,33 @@ def test_traversal_refused(stack: Stack, target: bytes) -> None:
         assert f"{name}: {value}".encode() in answer
 
 
+def s_client(stack: Stack, *args: str) -> str:
+    done = subprocess.run(
+        ["openssl", "s_client", "-connect", "127.0.0.1:8443", "-CAfile", str(stack.ca), *args],
+        input=b"",
+        capture_output=True,
+        timeout=20,
+    )
+    return (done.stdout + done.stderr).decode("latin-1")
+
+
+def test_tls_by_openssl(stack: Stack) -> None:
+    main = s_client(stack, "-servername", "www.example.com", "-alpn", "h2,http/1.1")
+    assert "subject=CN = example.com" in main
+    assert "ALPN protocol: h2" in main
+    assert "Verify return code: 0 (ok)" in main
+    other = s_client(stack, "-servername", "static.example.net")
+    assert "subject=CN = static.example.net" in other
+    assert "Verify return code: 0 (ok)" in other
+    unknown = s_client(stack, "-servername", "unknown.example.org")
+    assert "subject=CN = example.com" in unknown  # the default server's certificate
+    # SECLEVEL=0 lets OpenSSL 3 offer TLS 1.1 at all: the refusal must come from the server.
+    old = s_client(stack, "-servername", "example.com", "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0")
+    assert "no protocols available" not in old
+    assert "Cipher is (NONE)" in old or "alert" in old.lower()
+    assert "subject=CN" not in old
+
+
 def test_websocket_over_tls(stack: Stack) -> None:
     async def talk() -> list[str]:
         ctx = ssl.create_default_context(cafile=str(stack.ca))
@@ -364,3 +391,4 @@ def test_502_when_the_api_is_down(stack: Stack) -> None:
     assert r.json()["error"] == "Bad Gateway"
     assert_security(r.headers)
     assert stack.get("/").status_code == 200
+
