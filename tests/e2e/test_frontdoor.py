@@ -391,4 +391,3 @@ def test_502_when_the_api_is_down(stack: Stack) -> None:
     assert r.json()["error"] == "Bad Gateway"
     assert_security(r.headers)
     assert stack.get("/").status_code == 200
-
