@@ -24,6 +24,12 @@ class Downstream(Protocol):
         """Send what was written so far (the head and body of a small response leave in one
         write when a handler calls this once per batch)."""
 
+    async def send_file(self, fd: int, offset: int, count: int) -> bool:
+        """Send ``count`` bytes of the open file ``fd`` from ``offset`` as (part of) the body
+        straight from the kernel (sendfile(2)). False, with nothing sent, where this side
+        cannot (TLS, HTTP/2 framing): the handler then reads and writes the bytes itself."""
+        ...
+
     def finish(self) -> None:
         """The response is complete."""
 

@@ -348,8 +348,7 @@ class FileSender:
             os.close(self.fd)
 
     async def _send(self, offset: int, count: int) -> None:
-        send_file = getattr(self.downstream, "send_file", None) if self.sendfile else None
-        if send_file is not None and await send_file(self.fd, offset, count):
+        if self.sendfile and await self.downstream.send_file(self.fd, offset, count):
             return
         while count > 0 and not self._done:
             if not self._can_send.is_set():

@@ -200,6 +200,9 @@ class H2Stream:
     def flush(self) -> None:
         self.conn.pump(self)
 
+    async def send_file(self, fd: int, offset: int, count: int) -> bool:
+        return False  # DATA frames need the bytes in hand: the handler writes them
+
     def finish(self) -> None:
         self._ending = True
         self.exchange = None
