@@ -204,6 +204,14 @@ def test_security_headers_on_answers_and_errors(stack: Stack) -> None:
     assert_security(r.headers)
 
 
+def test_security_headers_on_malformed_requests(stack: Stack) -> None:
+    """Requests refused before any route is chosen get them too (the server's filters)."""
+    answer = stack.raw(b"/has a space")
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    for name, value in SECURITY.items():
+        assert f"{name}: {value}".encode() in answer
+
+
 def test_health(stack: Stack) -> None:
     r = stack.get("/health")
     assert r.status_code == 200
