@@ -46,6 +46,9 @@ log = logging.getLogger("ferryman.static")
 SMALL_FILE = 64 * 1024
 # One read of a streamed file: small enough not to hold the loop, large enough to be cheap.
 CHUNK = 128 * 1024
+# The path is already resolved: O_NOFOLLOW refuses one swapped for a symlink since, and
+# O_NONBLOCK keeps a FIFO planted in the directory from blocking the open.
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW
 _TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg+xml")
 
 
@@ -140,7 +143,7 @@ class StaticFiles:
             downstream.error(found, _REFUSALS[found])
             return None
         try:
-            fd = os.open(found, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            fd = os.open(found, _OPEN_FLAGS)
         except OSError as e:
             status = 403 if isinstance(e, PermissionError) else 404
             downstream.error(status, _REFUSALS[status])
@@ -174,7 +177,7 @@ class StaticFiles:
             if not self.config.follow_outside_symlinks and not inside(self.root, candidate):
                 continue
             try:
-                fd = os.open(candidate, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+                fd = os.open(candidate, _OPEN_FLAGS)
             except OSError:
                 continue
             st = os.fstat(fd)

@@ -38,6 +38,7 @@ def site(tmp_path: Path, ferryman: Callable[..., Proc]) -> Site:
     (root / "docs" / "index.html").write_text("<h1>docs</h1>")
     (tmp_path / "secret.txt").write_text("top secret")
     (root / "leak.txt").symlink_to(tmp_path / "secret.txt")
+    os.mkfifo(root / "pipe")  # opening it must not block the server
     port = free_port()
     config = f"""
 workers: 1
@@ -156,3 +157,5 @@ def test_refusals_and_directories(site: Site) -> None:
         assert 'href="big.bin"' in listing.text and 'href="docs/"' in listing.text
         assert c.post("/files/big.txt").status_code == 405
         assert c.get("/files/nothing-here").status_code == 404
+        assert c.get("/files/pipe", timeout=3).status_code == 404
+        assert c.get("/files/docs/").status_code == 200  # and the server still answers
