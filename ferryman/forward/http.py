@@ -291,6 +291,10 @@ class ForwardHttp:
             downstream.send_interim(100, [])  # checks passed: the client may send its body
         pending.attach(ProxyExchange(route, ctx, downstream))
 
+    def close(self) -> None:
+        for route in self._routes.values():
+            route.group.pool.close()
+
     def _route(self, host: str, port: int, parent: Parent | None) -> ProxyRoute:
         key = (host, port, id(parent))
         route = self._routes.get(key)

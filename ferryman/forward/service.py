@@ -100,5 +100,8 @@ class ForwardProxy:
         return servers
 
     def close(self) -> None:
+        """At shutdown: drop SOCKS clients still in their handshake and idle origin
+        connections; tunnels end with the worker."""
         for conn in list(self.socks_connections):
             conn.drain()
+        self.http.close()

@@ -65,6 +65,8 @@ async def serve(config: Config, runtime: Runtime | None = None) -> int:
     await drain(servers, listeners, config.shutdown_timeout)
     for group in runtime.groups.values():
         group.pool.close()
+    if runtime.forward is not None:
+        runtime.forward.close()
     flush_all()
     return 0
 
