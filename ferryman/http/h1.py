@@ -16,7 +16,7 @@ from typing import Protocol
 
 import httptools
 
-from ferryman.http.headers import HeaderList
+from ferryman.http.headers import UNKNOWN, HeaderList
 
 
 class ParseError(Exception):
@@ -221,21 +221,23 @@ class RequestParser(_ParserBase):
 
 
 class ResponseHead:
-    __slots__ = ("content_length", "headers", "keep_alive", "status", "version")
+    __slots__ = ("chunked", "connection", "content_length", "headers", "keep_alive", "status")
 
     def __init__(
         self,
         status: int,
-        version: str,
         headers: HeaderList,
         keep_alive: bool,
         content_length: int | None,
+        chunked: bool = False,
+        connection: bytes | None = UNKNOWN,
     ) -> None:
+        self.connection = connection  # the Connection value; UNKNOWN if not looked at
         self.status = status
-        self.version = version
         self.headers = headers
         self.keep_alive = keep_alive
         self.content_length = content_length
+        self.chunked = chunked
 
 
 class ResponseSink(Protocol):
@@ -275,14 +277,15 @@ class ResponseParser(_ParserBase):
         self._in_head = False
         if self._head_size > self._head_limit and (_head_size(16, headers) > self._head_limit):
             raise ParseError(502, "upstream response header too large")
-        cl = dict(headers).get(b"content-length")
-        content_length = int(cl) if cl is not None else None
+        fields = dict(headers)
+        cl = fields.get(b"content-length")
         head = ResponseHead(
             status,
-            p.get_http_version(),
             headers,
             p.should_keep_alive(),
-            content_length,
+            int(cl) if cl is not None else None,
+            b"transfer-encoding" in fields,
+            fields.get(b"connection") if len(fields) == len(headers) else UNKNOWN,
         )
         self.sink.on_response(head)
         if self._bodyless and status >= 200:

@@ -61,16 +61,28 @@ def connection_tokens(headers: HeaderList) -> set[bytes]:
     return tokens
 
 
-def strip_hop_by_hop(headers: HeaderList, drop: frozenset[bytes] = HOP_BY_HOP) -> HeaderList:
-    """A copy without hop-by-hop headers (``drop``), nor those the Connection header names."""
+# ``connection`` value meaning "not known: look at the headers".
+UNKNOWN = b"\0"
+
+
+def strip_hop_by_hop(
+    headers: HeaderList, drop: frozenset[bytes] = HOP_BY_HOP, connection: bytes | None = UNKNOWN
+) -> HeaderList:
+    """A copy without hop-by-hop headers (``drop``), nor those the Connection header names.
+
+    A parser that already knows the one Connection value (or that there is none) passes it
+    as ``connection`` and spares a second look at the list."""
     kept = [h for h in headers if h[0] not in drop]
-    if len(kept) != len(headers):
-        # "keep-alive" and "close" name nothing beyond what was dropped already.
-        values = [v for k, v in headers if k == b"connection"]
-        if any(v.lower() not in _PLAIN_CONNECTION for v in values):
-            tokens = connection_tokens(headers)
-            return [h for h in kept if h[0] not in tokens]
-    return kept
+    if len(kept) == len(headers) or connection is None:
+        return kept
+    # "keep-alive" and "close" name nothing beyond what was dropped already.
+    if connection is not UNKNOWN:
+        if connection.lower() in _PLAIN_CONNECTION:
+            return kept
+    elif all(v.lower() in _PLAIN_CONNECTION for k, v in headers if k == b"connection"):
+        return kept
+    tokens = connection_tokens(headers)
+    return [h for h in kept if h[0] not in tokens]
 
 
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})

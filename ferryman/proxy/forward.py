@@ -250,11 +250,11 @@ class ProxyExchange:
         self._peer.succeeded()
         ctx = self.ctx
         ctx.upstream_status = status
-        headers = strip_hop_by_hop(head.headers)
+        headers = strip_hop_by_hop(head.headers, HOP_BY_HOP, head.connection)
         route.chain.run_response(ctx, status, headers)
         length = head.content_length
         bodyless = status in _NO_BODY_STATUS or ctx.method == "HEAD"
-        chunked = get(head.headers, b"transfer-encoding") is not None
+        chunked = head.chunked
         self._eof_ends = not bodyless and length is None and not chunked
         if not bodyless:
             self._body_filters = route.chain.body_filters(headers)
