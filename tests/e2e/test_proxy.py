@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -293,3 +294,71 @@ def test_cli_check_and_quick_proxy(
 
     wait_port("127.0.0.1", port, proc=p.popen)
     assert httpx.get(f"http://127.0.0.1:{port}/q").json()["origin"] == "quick"
+
+
+def test_host_modes_trusted_proxy_rfc7239_and_html_errors(
+    origin: Callable[..., Proc], ferryman: Callable[..., Proc]
+) -> None:
+    oport = free_port()
+    origin(oport, "app")
+    port = free_port()
+    ferryman(
+        f"""
+workers: 1
+trusted_proxies: ["127.0.0.1"]
+limits: {{max_connections: 3}}
+upstreams:
+  app: {{servers: [{{address: "127.0.0.1:{oport}"}}]}}
+servers:
+  - listen: ["127.0.0.1:{port}"]
+    error_format: html
+    routes:
+      - path: /changed/
+        proxy: {{upstream: app, host: upstream, forwarded: true}}
+      - path: /named/
+        proxy: {{url: "http://127.0.0.1:{oport}", host: internal.example}}
+      - path: /down/
+        proxy: {{url: "http://127.0.0.1:{free_port()}"}}
+      - path: /
+        proxy: {{upstream: app}}
+""",
+        port,
+    )
+    base = f"http://127.0.0.1:{port}"
+    seen = httpx.get(base + "/changed/x", headers={"X-Forwarded-For": "203.0.113.9"}).json()
+    assert seen["headers"]["host"] == f"127.0.0.1:{oport}"
+    assert seen["headers"]["x-real-ip"] == "203.0.113.9"  # the peer is trusted
+    assert seen["headers"]["forwarded"] == f"for=127.0.0.1;host=127.0.0.1:{port};proto=http"
+    assert httpx.get(base + "/named/x").json()["headers"]["host"] == "internal.example"
+    assert httpx.get(base + "/plain").json()["headers"]["host"] == f"127.0.0.1:{port}"
+    r = httpx.get(base + "/down/x")
+    assert r.status_code == 502
+    assert r.headers["content-type"].startswith("text/html")
+    assert "<h1>502 Bad Gateway</h1>" in r.text
+    # A worker holds at most max_connections client connections; the next is closed.
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    try:
+        time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as extra:
+            extra.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            with contextlib.suppress(ConnectionResetError):
+                assert extra.recv(100) == b""
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_upstream_connection_not_reused_after_an_incomplete_exchange(
+    setup: tuple[str, Proc, Proc],
+) -> None:
+    base, _, _ = setup
+    port = int(base.rsplit(":", 1)[1])
+    # The client leaves in the middle of a large body: that upstream connection must not be
+    # lent again with the rest of the body still in it.
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"GET /big?size=5000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.recv(1000)
+    with httpx.Client(base_url=base) as c:
+        for i in range(20):
+            r = c.get(f"/after/{i}")
+            assert r.status_code == 200 and r.json()["path"] == f"/after/{i}"
