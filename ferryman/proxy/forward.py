@@ -73,6 +73,7 @@ class ProxyExchange:
         "_head",
         "_headers",
         "_paused_client",
+        "_send_timer",
         "_peer",
         "_replay",
         "_route",
@@ -105,6 +106,7 @@ class ProxyExchange:
         self._finished = False
         self._eof_ends = False
         self._paused_client = False
+        self._send_timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
         group = route.group
         if group.retry.timeout:
@@ -323,11 +325,29 @@ class ProxyExchange:
         if not self._paused_client:
             self._paused_client = True
             self._downstream.pause_reading()
+        # The upstream stopped taking the request: it has send_timeout to take more.
+        if self._send_timer is None:
+            loop = asyncio.get_running_loop()
+            self._send_timer = loop.call_later(self._route.send_timeout, self._send_timed_out)
 
     def on_upstream_resume_writing(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         if self._paused_client:
             self._paused_client = False
             self._downstream.resume_reading()
+
+    def _send_timed_out(self) -> None:
+        self._send_timer = None
+        if self._finished:
+            return
+        reason = f"{self.ctx.upstream_addr} took no request bytes for {self._route.send_timeout:g}s"
+        if self._started:
+            self._eof_ends = False
+            self.on_upstream_lost(reason)
+        else:
+            self._upstream_failed("timeout", reason)
 
     # the client side
 
@@ -412,6 +432,9 @@ class ProxyExchange:
     def _cancel_timer(self) -> None:
         if self._conn is not None:
             self._conn.expect_data(0.0)
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
 
     def on_upstream_timeout(self) -> None:
         timeout = self._route.read_timeout

@@ -362,3 +362,29 @@ def test_upstream_connection_not_reused_after_an_incomplete_exchange(
         for i in range(20):
             r = c.get(f"/after/{i}")
             assert r.status_code == 200 and r.json()["path"] == f"/after/{i}"
+
+
+def test_send_timeout_when_the_upstream_stops_reading(ferryman: Callable[..., Proc]) -> None:
+    sink = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(sink.accept()[0]), daemon=True).start()
+    port = free_port()
+    ferryman(
+        f"""
+workers: 1
+limits: {{max_body_size: 100m}}
+servers:
+  - listen: ["127.0.0.1:{port}"]
+    routes:
+      - path: /
+        proxy: {{url: "http://127.0.0.1:{sink.getsockname()[1]}", timeouts: {{send: 1s}}}}
+""",
+        port,
+    )
+    t = time.monotonic()
+    r = httpx.post(f"http://127.0.0.1:{port}/up", content=b"z" * 50_000_000, timeout=20)
+    assert r.status_code == 504
+    assert time.monotonic() - t < 10
+    for conn in held:
+        conn.close()
+    sink.close()
