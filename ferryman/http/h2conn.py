@@ -82,12 +82,18 @@ _CONFIG = H2Configuration(
 )
 
 
+class _Connection(H2Connection):
+    # How many closed streams h2 remembers (to tell a late frame from a bad one): its default
+    # of 65,536 is several MB on one long-lived connection; a few round trips' worth will do.
+    MAX_CLOSED_STREAMS = 1024
+
+
 class ServerH2:
     __slots__ = ("_control", "_resets", "_window_start", "conn", "limits")
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        self.conn = H2Connection(config=_CONFIG)
+        self.conn: H2Connection = _Connection(config=_CONFIG)
         # Effective at once, not only after the client's SETTINGS ACK: a client that never
         # acknowledges must not get the library's more generous defaults meanwhile.
         self.conn.decoder.max_header_list_size = limits.max_header_list_size
