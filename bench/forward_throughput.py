@@ -246,10 +246,11 @@ def one_download(opener, source: int, proxy: int, size: int, pid: int) -> tuple[
 
 
 def singles(
-    ports: dict[str, int], source: int, size: int, pid: int, rounds: int
+    ports: dict[str, int], source: int, size: int, pids: dict[str, int], rounds: int
 ) -> dict[str, dict[str, float]]:
-    """Direct, CONNECT and SOCKS5 downloads interleaved for ``rounds`` rounds, so load from
-    anything else on the machine hits all three alike; medians are reported."""
+    """Direct, relayed, CONNECT and SOCKS5 downloads interleaved for ``rounds`` rounds, so
+    load from anything else on the machine hits them alike; medians are reported. The CPU is
+    that of the process in the middle (the relay's for ``relay_floor``, Ferryman's else)."""
     openers = {
         "direct": open_direct,
         "relay_floor": open_direct,
@@ -259,7 +260,7 @@ def singles(
     runs: dict[str, list[tuple[float, float]]] = {k: [] for k in openers}
     for _ in range(rounds):
         for name, opener in openers.items():
-            runs[name].append(one_download(opener, source, ports[name], size, pid))
+            runs[name].append(one_download(opener, source, ports[name], size, pids[name]))
     out: dict[str, dict[str, float]] = {}
     for name, samples in runs.items():
         walls = sorted(w for w, _ in samples)
@@ -269,8 +270,8 @@ def singles(
             "median_seconds": round(wall, 3),
             "median_mib_s": round(size / wall / (1 << 20), 1),
             "best_mib_s": round(size / walls[0] / (1 << 20), 1),
-            "proxy_cpu_s": round(cpu, 3),
-            "proxy_cpu_pct_of_core": round(100 * cpu / wall, 1),
+            "middle_cpu_s": round(cpu, 3),
+            "middle_cpu_pct_of_core": round(100 * cpu / wall, 1),
         }
     for name in ("relay_floor", "connect", "socks5"):
         out[name]["ratio_to_direct"] = round(
@@ -359,7 +360,8 @@ def main() -> None:
         results: dict[str, object] = {"size": size, "proxy_rss_idle_kib": rss0}
         ports = {"direct": source_port, "relay_floor": relay_port}
         ports.update(connect=http_port, socks5=socks_port)
-        results.update(singles(ports, source_port, size, pid, args.rounds))
+        pids = {"direct": pid, "relay_floor": relay.pid, "connect": pid, "socks5": pid}
+        results.update(singles(ports, source_port, size, pids, args.rounds))
         results["proxy_rss_after_single_kib"] = memory(pid)[0]
         import uvloop
 
