@@ -521,7 +521,7 @@ def test_chaining_through_parent_proxies(tmp_path: Path, env: Env) -> None:
 def test_forward_and_reverse_on_one_port(tmp_path: Path, env: Env) -> None:
     """Origin-form requests go to the server's routes, absolute-form ones and CONNECT to the
     forward proxy, on the same address."""
-    port = free_port()
+    port, socks_port = free_port(), free_port()
     config = {
         "workers": 1,
         "shutdown_timeout": "1s",
@@ -533,6 +533,8 @@ def test_forward_and_reverse_on_one_port(tmp_path: Path, env: Env) -> None:
         ],
         "forward": {
             "listen": [f"127.0.0.1:{port}"],
+            "socks5_listen": [f"127.0.0.1:{socks_port}"],
+            "clients": ["127.0.0.1/32", "::1"],
             "hosts": {"*.example.test": ["127.0.0.1"]},
             "allow_destinations": ["127.0.0.1"],
             "connect_ports": [env.https_port, env.port],
@@ -563,6 +565,31 @@ def test_forward_and_reverse_on_one_port(tmp_path: Path, env: Env) -> None:
         )  # fmt: skip
         assert json.loads(out.stdout)["body"] == "b" * 5000
         assert time.monotonic() - t < 0.9  # curl waits 1 s for a 100 that never comes
+        # Without auth, SOCKS4a works (curl resolves nothing: the proxy does).
+        out = subprocess.run(
+            ["curl", "-sS", "--max-time", "10", "--socks4a", f"127.0.0.1:{socks_port}",
+             f"http://api.example.test:{env.port}/socks4a"],
+            capture_output=True, text=True, check=True,
+            env={k: v for k, v in os.environ.items() if "proxy" not in k.lower()},
+        )  # fmt: skip
+        assert json.loads(out.stdout)["path"] == "/socks4a"
+        # A client from outside ``clients`` (127.0.0.2 is not 127.0.0.1/32) is refused.
+        with socket.socket() as s:
+            s.bind(("127.0.0.2", 0))
+            s.settimeout(10)
+            s.connect(("127.0.0.1", port))
+            target = f"http://api.example.test:{env.port}/"
+            s.sendall(f"GET {target} HTTP/1.1\r\nHost: api.example.test\r\n\r\n".encode())
+            assert s.recv(4096).startswith(b"HTTP/1.1 403 ")
+        with socket.socket() as s:
+            s.bind(("127.0.0.2", 0))
+            s.settimeout(10)
+            s.connect(("127.0.0.1", socks_port))
+            try:
+                s.sendall(b"\x05\x01\x00")
+                assert s.recv(16) == b""  # closed without an answer
+            except ConnectionResetError:
+                pass  # or reset, when our greeting arrived after the close
         # A tunnel with no bytes either way for timeouts.idle is closed.
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             target = f"api.example.test:{env.port}"
