@@ -287,24 +287,37 @@ def _integer(value: int, prefix: int, first: int) -> bytes:
     return bytes(out)
 
 
+_SMALL = [bytes((i,)) for i in range(127)]  # a 7-bit-prefix length below 127 is one byte
+_name_prefix: dict[bytes, bytes] = {}  # name -> its encoded representation, for names seen
+
+
+def _name(name: bytes) -> bytes:
+    prefix = _name_prefix.get(name)
+    if prefix is None:
+        index = _NAME_INDEX.get(name)
+        if index is not None:
+            prefix = _integer(index, 4, 0)
+        else:
+            prefix = b"\x00" + _integer(len(name), 7, 0) + name
+        if len(_name_prefix) < 512:  # names come from config and upstreams: few, but bounded
+            _name_prefix[name] = prefix
+    return prefix
+
+
 def encode_response(block: HeaderList) -> bytes:
     """An HPACK header block for ``response_block``'s output."""
     parts: list[bytes] = []
+    append = parts.append
     for name, value in block:
         if name == b":status":
             one = _STATUS.get(int(value))
             if one is not None:
-                parts.append(bytes((one,)))
+                append(bytes((one,)))
                 continue
-            parts.append(b"\x08")  # literal without indexing, name = static entry 8
+            append(b"\x08")  # literal without indexing, name = static entry 8
         else:
-            index = _NAME_INDEX.get(name)
-            if index is not None:
-                parts.append(_integer(index, 4, 0))
-            else:
-                parts.append(b"\x00")
-                parts.append(_integer(len(name), 7, 0))
-                parts.append(name)
-        parts.append(_integer(len(value), 7, 0))
-        parts.append(value)
+            append(_name_prefix.get(name) or _name(name))
+        n = len(value)
+        append(_SMALL[n] if n < 127 else _integer(n, 7, 0))
+        append(value)
     return b"".join(parts)
