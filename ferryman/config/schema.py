@@ -483,6 +483,8 @@ class Limits(Model):
     max_connections: int = 10000
     client_header_timeout: Duration = 60.0
     client_body_timeout: Duration = 60.0
+    # A client that takes no response bytes for this long is disconnected.
+    send_timeout: Duration = 60.0
     keepalive_timeout: Duration = 75.0
     keepalive_requests: int = 1000
 

@@ -186,6 +186,9 @@ class H1Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        if self._state == BUSY:
+            # A client that takes no bytes for send_timeout is let go (nginx send_timeout).
+            self._arm(self.listener.limits.send_timeout)
         if self.exchange is not None:
             self.exchange.on_downstream_pause()
         elif self.tunnel is not None:
@@ -193,6 +196,11 @@ class H1Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self._state == BUSY:
+            if self._request_done or not self._body_expected:
+                self._deadline = 0.0
+            else:
+                self._arm(self.listener.limits.client_body_timeout)
         if self.exchange is not None:
             self.exchange.on_downstream_resume()
         elif self.tunnel is not None:
@@ -615,9 +623,13 @@ class H1Connection(asyncio.Protocol):
     # the one timer
 
     def _arm(self, seconds: float) -> None:
-        self._deadline = self._loop.time() + seconds
-        if self._timer is None:
-            self._timer = self._loop.call_later(seconds, self._on_timer)
+        deadline = self._deadline = self._loop.time() + seconds
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            # A later timer is moved forward; an earlier one reschedules itself when it fires.
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -634,6 +646,11 @@ class H1Connection(asyncio.Protocol):
             self._reject(408, "the request head was not received in time")
         elif self._state == BUSY and not self._started:
             self._reject(408, "the request body was not received in time")
+        elif self._state == BUSY and self.write_paused:
+            exchange, self.exchange = self.exchange, None
+            if exchange is not None:
+                exchange.on_downstream_lost()
+            self.abort(f"the client took no bytes for {self.listener.limits.send_timeout:g}s")
         else:
             self._close()
 

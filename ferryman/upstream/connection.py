@@ -90,9 +90,13 @@ class UpstreamConnection(asyncio.Protocol):
         if not timeout:
             self._deadline = 0.0
             return
-        self._deadline = self._loop.time() + timeout
-        if self._timer is None:
-            self._timer = self._loop.call_later(timeout, self._on_timer)
+        deadline = self._deadline = self._loop.time() + timeout
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            # A later timer is moved forward; an earlier one reschedules itself when it fires.
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -388,3 +388,25 @@ servers:
     for conn in held:
         conn.close()
     sink.close()
+
+
+def test_client_that_stops_reading_is_let_go(
+    origin: Callable[..., Proc], ferryman: Callable[..., Proc]
+) -> None:
+    oport = free_port()
+    origin(oport, "app")
+    port = free_port()
+    f = ferryman(config(port, oport, extra="limits: {send_timeout: 1s}"), port)
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"GET /big?size=50000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(2.5)  # read nothing
+        s.settimeout(5)
+        got = 0
+        try:
+            while chunk := s.recv(1 << 20):
+                got += len(chunk)
+        except ConnectionResetError:
+            pass
+    assert got < 50_000_000  # cut off, not completed
+    time.sleep(0.2)
+    assert "took no bytes for 1s" in f.stdout()
