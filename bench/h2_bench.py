@@ -71,7 +71,9 @@ def tree_cpu_seconds(root: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def tls_nginx_conf(workdir: Path, port: int, origin_port: int, cert: Path, key: Path) -> str:
+def tls_nginx_conf(
+    workdir: Path, port: int, origin_port: int, cert: Path, key: Path, keepalive: int
+) -> str:
     """``proxy_nginx_conf`` with its listener turned into TLS + HTTP/2 (nginx 1.22 syntax)."""
     conf = proxy_nginx_conf(workdir, "nginx", port, origin_port)
     plain = f"        listen {HOST}:{port};\n"
@@ -79,7 +81,7 @@ def tls_nginx_conf(workdir: Path, port: int, origin_port: int, cert: Path, key: 
         raise BenchError("the nginx proxy config changed shape; update h2_bench.py")
     # -c 20 -m 10 keeps 200 requests in flight: both proxies keep that many idle upstream
     # connections, so neither pays for connections opened and closed under load.
-    conf = conf.replace("keepalive 64;", f"keepalive {UPSTREAM_KEEPALIVE};")
+    conf = conf.replace("keepalive 64;", f"keepalive {keepalive};")
     return conf.replace(
         plain,
         f"        listen {HOST}:{port} ssl http2;\n"
@@ -151,6 +153,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--download-mib", type=int, default=100)
     parser.add_argument("--skip-download", action="store_true")
+    parser.add_argument(
+        "--upstream-keepalive",
+        type=int,
+        default=UPSTREAM_KEEPALIVE,
+        help="idle upstream connections kept by both proxies (run.py uses 64)",
+    )
     args = parser.parse_args()
     install_sigterm_handler()
     workdir = make_workdir("ferryman-h2bench-")
@@ -174,13 +182,13 @@ def main() -> int:
         nginx = start_nginx(
             "nginx",
             workdir,
-            tls_nginx_conf(workdir, nginx_port, origin_port, cert, key),
+            tls_nginx_conf(workdir, nginx_port, origin_port, cert, key, args.upstream_keepalive),
             nginx_port,
         )
         servers.append(nginx)
         conf = ferryman_conf(ferryman_port, origin_port, limits={"keepalive_requests": 100000})
         conf["servers"][0]["tls"] = {"cert": str(cert), "key": str(key)}
-        conf["upstreams"]["origin"]["keepalive"] = UPSTREAM_KEEPALIVE
+        conf["upstreams"]["origin"]["keepalive"] = args.upstream_keepalive
         ferryman = start_ferryman("ferryman", workdir, conf, ferryman_port)
         servers.append(ferryman)
         for s in (nginx, ferryman):
@@ -204,7 +212,12 @@ def main() -> int:
                     flush=True,
                 )
         result["h2load"] = {
-            "args": {"n": args.requests, "c": args.clients, "m": args.streams},
+            "args": {
+                "n": args.requests,
+                "c": args.clients,
+                "m": args.streams,
+                "upstream_keepalive": args.upstream_keepalive,
+            },
             "runs": runs,
         }
         best = {k: max(x["req_per_s"] for x in v) for k, v in runs.items()}
@@ -221,7 +234,10 @@ def main() -> int:
         ]
         header = ["proxy", "req/s", "failed", "CPU us/req"]
         print()
-        print(f"h2load -n {args.requests} -c {args.clients} -m {args.streams}, TLS 1.3 + h2")
+        print(
+            f"h2load -n {args.requests} -c {args.clients} -m {args.streams}, TLS 1.3 + h2,"
+            f" {args.upstream_keepalive} idle upstream connections"
+        )
         print(table(header, rows, markdown=False))
         print(f"ferryman / nginx: {ratio:.2f}x")
         if not args.skip_download:
