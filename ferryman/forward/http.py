@@ -195,10 +195,6 @@ class ForwardHttp:
 
     def start(self, ctx: RequestContext, downstream: Downstream, head: RequestHead) -> Exchange:
         pending = PendingExchange(downstream)
-        # The connection sends body bytes to its current exchange; it learns this one here
-        # (and from the return value, where the caller keeps it).
-        if hasattr(downstream, "exchange"):
-            setattr(downstream, "exchange", pending)  # noqa: B010 - not in the Protocol
         ctx.scheme = "http"
         spawn(self._run(ctx, downstream, head, pending), "forward request")
         return pending

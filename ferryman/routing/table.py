@@ -143,10 +143,7 @@ class HostTable:
 
     def _resolve(self, host_header: bytes) -> VirtualHost:
         host = host_header.decode("latin-1").lower()
-        if host.startswith("["):
-            host = host[: host.find("]") + 1]
-        else:
-            host = host.partition(":")[0]
+        host = host[: host.find("]") + 1] if host.startswith("[") else host.partition(":")[0]
         host = host.rstrip(".")
         vhost = self.exact.get(host)
         if vhost is not None:

@@ -265,7 +265,7 @@ class H1Connection(asyncio.Protocol):
         if head.target[:1] != b"/":
             if listener.forward is not None:
                 self.vhost = listener.hosts.default
-                listener.forward.start(ctx, self, head)
+                self.exchange = listener.forward.start(ctx, self, head)
                 return
             if not self._origin_form(ctx, head):
                 return
