@@ -134,13 +134,25 @@ def test_old_tls_refused(edge: tuple[int, Proc]) -> None:
     assert "ECDHE" in out
 
 
-def test_tls12_session_resumption(edge: tuple[int, Proc], tmp_path: Path) -> None:
+def test_session_resumption(edge: tuple[int, Proc], tmp_path: Path) -> None:
     port, _ = edge
     sess = str(tmp_path / "sess.pem")
     first = _s_client(port, "-tls1_2", "-sess_out", sess)
     assert first.count("New, TLSv1.2") >= 1
     again = _s_client(port, "-tls1_2", "-sess_in", sess)
     assert "Reused, TLSv1.2" in again
+    # TLS 1.3: a ticket arrives after the handshake, so stay connected a moment to get it.
+    sess13 = str(tmp_path / "sess13.pem")
+    client = subprocess.Popen(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3", "-sess_out", sess13],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)
+    client.communicate(b"", timeout=10)
+    again = _s_client(port, "-tls1_3", "-sess_in", sess13)
+    assert "Reused, TLSv1.3" in again
 
 
 def test_httpx_http2_many_streams_one_connection(certs: Certs, edge: tuple[int, Proc]) -> None:
