@@ -33,6 +33,7 @@ from ferryman.http.headers import HeaderList
 from ferryman.proxy.api import Exchange, Tunnel
 from ferryman.routing.table import CompiledRoute, VirtualHost
 from ferryman.server import pipeline
+from ferryman.server.deadline import Deadline
 from ferryman.server.listener import Listener
 from ferryman.server.sendfile import can_sendfile, sendfile
 
@@ -53,7 +54,6 @@ class H1Connection(asyncio.Protocol):
         "_discard",
         "_expect",
         "_in_feed",
-        "_loop",
         "_out",
         "_pause_handler",
         "_pause_queue",
@@ -62,7 +62,6 @@ class H1Connection(asyncio.Protocol):
         "_request_done",
         "_started",
         "_state",
-        "_timer",
         "_tunnel_buf",
         "client_addr",
         "client_port",
@@ -92,7 +91,6 @@ class H1Connection(asyncio.Protocol):
         self.write_paused = False
         self.client_addr = ""
         self.client_port = 0
-        self._loop = asyncio.get_running_loop()
         self._state = IDLE
         self._out: list[bytes] = []
         self._chunked = False
@@ -107,8 +105,7 @@ class H1Connection(asyncio.Protocol):
         self._pause_queue = False
         self._pause_handler = False
         self._tunnel_buf: list[bytes] | None = None
-        self._deadline = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = Deadline(self._timed_out)
         self._in_feed = False
         self._body_expected = False
         self._deferred: CompiledRoute | None = None
@@ -167,9 +164,7 @@ class H1Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._state = CLOSED
         self.listener.connections.discard(self)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline.close()
         if self.tunnel is not None:
             self.tunnel.client_closed()
             self.tunnel = None
@@ -198,7 +193,7 @@ class H1Connection(asyncio.Protocol):
         self.write_paused = False
         if self._state == BUSY:
             if self._request_done or not self._body_expected:
-                self._deadline = 0.0
+                self._deadline.stop()
             else:
                 self._arm(self.listener.limits.client_body_timeout)
         if self.exchange is not None:
@@ -261,7 +256,7 @@ class H1Connection(asyncio.Protocol):
         if head.has_body:
             self._arm(limits.client_body_timeout)
         else:
-            self._deadline = 0.0
+            self._deadline.stop()
         if head.target[:1] != b"/":
             if listener.forward is not None:
                 self.vhost = listener.hosts.default
@@ -342,8 +337,7 @@ class H1Connection(asyncio.Protocol):
         if ctx is None:
             return
         ctx.bytes_received += len(data)
-        if self._deadline:
-            self._deadline = self._loop.time() + self.listener.limits.client_body_timeout
+        self._deadline.extend(self.listener.limits.client_body_timeout)
         if self._discard:
             if ctx.bytes_received > _DISCARD_LIMIT:
                 self._close()
@@ -363,7 +357,7 @@ class H1Connection(asyncio.Protocol):
 
     def _deliver_end(self) -> None:
         self._request_done = True
-        self._deadline = 0.0
+        self._deadline.stop()
         if self._discard:
             self._discard = False
             self._next()
@@ -485,7 +479,7 @@ class H1Connection(asyncio.Protocol):
         self._started = True
         self.transport.write(response_head(status, headers))
         self._state = TUNNEL
-        self._deadline = 0.0
+        self._deadline.stop()
         self.exchange = None
         self.tunnel = peer
         buffered = b"".join(self._tunnel_buf or [])
@@ -620,25 +614,13 @@ class H1Connection(asyncio.Protocol):
         else:
             t.resume_reading()
 
-    # the one timer
+    # client timeouts
 
     def _arm(self, seconds: float) -> None:
-        deadline = self._deadline = self._loop.time() + seconds
-        timer = self._timer
-        if timer is None or timer.when() > deadline:
-            # A later timer is moved forward; an earlier one reschedules itself when it fires.
-            if timer is not None:
-                timer.cancel()
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+        self._deadline.arm(seconds)
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        deadline = self._deadline
-        if not deadline or self._state == CLOSED:
-            return
-        now = self._loop.time()
-        if now < deadline:
-            self._timer = self._loop.call_later(deadline - now, self._on_timer)
+    def _timed_out(self) -> None:
+        if self._state == CLOSED:
             return
         if self._state == IDLE:
             self._close()

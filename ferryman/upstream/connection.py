@@ -6,6 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING, Protocol, cast
 
 from ferryman.http.h1 import ParseError, ResponseHead, ResponseParser
+from ferryman.server.deadline import Deadline
 
 if TYPE_CHECKING:
     from ferryman.proxy.tunnel import Splice
@@ -45,9 +46,7 @@ _DISCARD = _Discard()
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_deadline",
-        "_loop",
         "_read_timeout",
-        "_timer",
         "closed",
         "idle_since",
         "owner",
@@ -69,10 +68,8 @@ class UpstreamConnection(asyncio.Protocol):
         # Set when the connection has become a byte tunnel (WebSocket): data goes there.
         self.tunnel: Splice | None = None
         # The read timeout: one timer for the connection's life, moved by storing a deadline.
-        self._loop = asyncio.get_running_loop()
         self._read_timeout = 0.0
-        self._deadline = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = Deadline(self._timed_out)
 
     def attach(self, owner: Owner, method: str) -> None:
         self.owner = owner
@@ -87,31 +84,17 @@ class UpstreamConnection(asyncio.Protocol):
     def expect_data(self, timeout: float) -> None:
         """Time out if no bytes arrive for ``timeout`` seconds (0 stops the clock)."""
         self._read_timeout = timeout
-        if not timeout:
-            self._deadline = 0.0
-            return
-        deadline = self._deadline = self._loop.time() + timeout
-        timer = self._timer
-        if timer is None or timer.when() > deadline:
-            # A later timer is moved forward; an earlier one reschedules itself when it fires.
-            if timer is not None:
-                timer.cancel()
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+        if timeout:
+            self._deadline.arm(timeout)
+        else:
+            self._deadline.stop()
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        deadline = self._deadline
-        if not deadline or self.closed:
-            return
-        now = self._loop.time()
-        if now < deadline:
-            self._timer = self._loop.call_later(deadline - now, self._on_timer)
-        elif self.owner is not None:
-            self._deadline = 0.0
+    def _timed_out(self) -> None:
+        if self.owner is not None and not self.closed:
             self.owner.on_upstream_timeout()
 
     def detach(self) -> None:
-        self._deadline = 0.0
+        self._deadline.stop()
         self.owner = None
         if self.parser is not None:
             self.parser.sink = _DISCARD
@@ -136,8 +119,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.tunnel.from_upstream(data)
             return
         owner = self.owner
-        if self._deadline:
-            self._deadline = self._loop.time() + self._read_timeout
+        self._deadline.extend(self._read_timeout)
         if owner is None or self.parser is None:
             # Bytes from an idle upstream mean it is out of step with us: never reuse it.
             self.close()
@@ -158,9 +140,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline.close()
         if self.tunnel is not None:
             self.tunnel.upstream_closed()
             return

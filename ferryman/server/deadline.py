@@ -1,0 +1,56 @@
+"""One timer for a connection's whole life, moved by storing a float.
+
+Re-arming a timer per request (cancel, allocate, insert) is a cost the hot path cannot carry.
+A :class:`Deadline` keeps one timer handle: moving the deadline later is a store to ``at``;
+the timer, when it fires early, reschedules itself for what is left. Only a deadline moved
+earlier than the pending timer replaces it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+
+class Deadline:
+    __slots__ = ("_expired", "_loop", "_timer", "at")
+
+    def __init__(self, expired: Callable[[], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._expired = expired
+        self._timer: asyncio.TimerHandle | None = None
+        self.at = 0.0  # loop time of the deadline; 0 means none
+
+    def arm(self, seconds: float) -> None:
+        at = self.at = self._loop.time() + seconds
+        timer = self._timer
+        if timer is None or timer.when() > at:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(at, self._fire)
+
+    def extend(self, seconds: float) -> None:
+        """Push a running deadline ``seconds`` from now; a stopped one stays stopped."""
+        if self.at:
+            self.at = self._loop.time() + seconds
+
+    def stop(self) -> None:
+        self.at = 0.0
+
+    def close(self) -> None:
+        self.at = 0.0
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fire(self) -> None:
+        self._timer = None
+        at = self.at
+        if not at:
+            return
+        now = self._loop.time()
+        if now < at:
+            self._timer = self._loop.call_at(at, self._fire)
+            return
+        self.at = 0.0
+        self._expired()
