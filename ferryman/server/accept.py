@@ -21,13 +21,14 @@ from ferryman.server.tls import tls_facts
 
 
 class Negotiate(asyncio.Protocol):
-    __slots__ = ("_buf", "_listener", "_tls", "_transport")
+    __slots__ = ("_buf", "_listener", "_timer", "_tls", "_transport")
 
     def __init__(self, listener: Listener) -> None:
         self._listener = listener
         self._transport: Any = None
         self._buf = b""
         self._tls: dict[str, str] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
@@ -38,6 +39,11 @@ class Negotiate(asyncio.Protocol):
                 self._hand_over(H2Server(self._listener, facts), b"")
             else:
                 self._hand_over(self._h1(), b"")
+            return
+        # A client that sends a byte or two of what may be the preface and then nothing must
+        # not hold the connection longer than a request head may take.
+        timeout = self._listener.limits.client_header_timeout
+        self._timer = asyncio.get_running_loop().call_later(timeout, transport.close)
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
@@ -53,6 +59,8 @@ class Negotiate(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        if self._timer is not None:
+            self._timer.cancel()
 
     def _h1(self) -> H1Connection:
         conn = H1Connection(self._listener)
@@ -60,6 +68,9 @@ class Negotiate(asyncio.Protocol):
         return conn
 
     def _hand_over(self, proto: asyncio.Protocol, data: bytes) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         transport = self._transport
         transport.set_protocol(proto)
         proto.connection_made(transport)

@@ -232,7 +232,7 @@ def test_stalled_request_bodies_time_out(
         f"""
 workers: 1
 http2: {{h2c: true}}
-limits: {{client_body_timeout: 1s}}
+limits: {{client_body_timeout: 1s, client_header_timeout: 1s}}
 servers:
   - listen: ["127.0.0.1:{port}"]
     routes:
@@ -260,3 +260,8 @@ servers:
         i += 9 + n
     assert statuses == ["408"] * 10
     a.close()
+    # One byte that may begin the HTTP/2 preface, then nothing: closed like a slow head.
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"P")
+        s.settimeout(3)
+        assert s.recv(10) == b""
