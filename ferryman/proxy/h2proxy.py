@@ -20,7 +20,7 @@ from ferryman.context import RequestContext
 from ferryman.filters.base import BodyFilter, FilterChain
 from ferryman.http.headers import HOP_BY_HOP, HeaderList, connection_tokens
 from ferryman.proxy.api import Downstream, Exchange
-from ferryman.server.h2 import H2Stream
+from ferryman.server.h2stream import H2Stream
 from ferryman.server.tasks import spawn
 from ferryman.upstream.group import UpstreamGroup
 from ferryman.upstream.h2conn import H2Pool, UpstreamH2

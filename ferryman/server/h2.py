@@ -10,7 +10,8 @@ stream that holds more than :data:`_HIGH_WATER` unsent bytes pauses its handler 
 reading its upstream); it resumes below :data:`_LOW_WATER`. A full transport buffer pauses
 every stream's handler. Request bodies are acknowledged (WINDOW_UPDATE) as they are passed
 on, and not while the handler has asked to pause reading, so a client can never have more
-in flight than its window. Frames produced in one turn of the event loop leave in one write.
+in flight than its window. Small frames made in one turn of the event loop leave in one
+write; a large body leaves as it comes. :class:`H2Stream` lives in ``h2stream.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import struct
-from collections import deque
 from typing import Any
 
 from h2.errors import ErrorCodes
@@ -36,8 +36,7 @@ from h2.exceptions import ProtocolError
 from h2.stream import StreamInputs
 from hyperframe.frame import GoAwayFrame
 
-from ferryman.context import RequestContext, Response
-from ferryman.http.errors import error_body
+from ferryman.context import RequestContext
 from ferryman.http.h2conn import (
     Abuse,
     BadRequest,
@@ -45,12 +44,9 @@ from ferryman.http.h2conn import (
     ServerH2,
     encode_response,
     request_head,
-    response_block,
 )
-from ferryman.http.headers import HeaderList
-from ferryman.proxy.api import Exchange, Tunnel
-from ferryman.routing.table import CompiledRoute, VirtualHost
 from ferryman.server import pipeline
+from ferryman.server.h2stream import H2Stream
 from ferryman.server.listener import Listener
 
 log = logging.getLogger("ferryman")
@@ -58,7 +54,6 @@ log = logging.getLogger("ferryman")
 _HIGH_WATER = 1 << 20
 _LOW_WATER = 256 << 10
 _WRITE_NOW = 64 << 10
-_BODYLESS = frozenset({204, 304})
 _FRAME_HEAD = struct.Struct(">BHBBL")
 _DATA, _HEADERS = 0x0, 0x1
 _END_STREAM, _END_HEADERS = 0x1, 0x4
@@ -67,213 +62,6 @@ _END_STREAM, _END_HEADERS = 0x1, 0x4
 def _frame_head(length: int, kind: int, flags: int, stream_id: int) -> bytes:
     """A frame's 9-byte header (RFC 9113 4.1)."""
     return _FRAME_HEAD.pack(length >> 16, length & 0xFFFF, kind, flags, stream_id)
-
-
-class H2Stream:
-    """One request/response exchange on an HTTP/2 connection."""
-
-    __slots__ = (
-        "_bodyless",
-        "_ending",
-        "_head",
-        "_out",
-        "_paused_handler",
-        "_trailers",
-        "_unacked",
-        "buffered",
-        "conn",
-        "ctx",
-        "exchange",
-        "keep_alive",
-        "pending",
-        "request_done",
-        "started",
-        "stream_id",
-        "vhost",
-    )
-
-    def __init__(self, conn: H2Server, stream_id: int, ctx: RequestContext) -> None:
-        self.conn = conn
-        self.stream_id = stream_id
-        self.ctx = ctx
-        self.vhost: VirtualHost | None = None
-        self.exchange: Exchange | None = None
-        self.keep_alive = True  # a stream never keeps anything; the pipeline may clear it
-        self.pending: list[bytes] | None = None
-        self.request_done = False
-        self.started = False
-        self.buffered = 0
-        self._out: deque[bytes | memoryview] = deque()
-        self._ending = False
-        self._bodyless = False
-        self._paused_handler = False  # we paused the handler: too much unsent
-        self._trailers: HeaderList | None = None
-        # The response head waits for the first pump, so a response without body goes out
-        # as one HEADERS frame with END_STREAM (gRPC's trailers-only answers need that).
-        self._head: HeaderList | None = None
-        self._unacked = -1  # >= 0 while the handler has paused reading the body
-
-    # pipeline.Side
-
-    def dispatch(self, ctx: RequestContext, route: CompiledRoute) -> None:
-        self.exchange = route.handler.start(ctx, self)
-
-    def hold_body(self) -> None:
-        self.pending = []
-
-    def filters_done(
-        self, ctx: RequestContext, route: CompiledRoute, answer: Response | None
-    ) -> None:
-        if self.conn.streams.get(self.stream_id) is not self:
-            return
-        pending, self.pending = self.pending, None
-        if answer is not None:
-            self.respond(answer.status, answer.headers, answer.body)
-            return
-        self.dispatch(ctx, route)
-        if self.exchange is not None and pending:
-            for data in pending:
-                self.exchange.on_request_body(data)
-        if self.exchange is not None and self.request_done:
-            self.exchange.on_request_end()
-
-    def internal_error(self, exc: Exception) -> None:
-        if not self.started:
-            self.ctx.error = f"internal error: {exc!r}"
-            self.error(500, "internal error")
-        else:
-            self.abort(f"internal error: {exc!r}")
-
-    # request body, from the connection
-
-    def on_data(self, data: bytes, flow: int) -> None:
-        ctx = self.ctx
-        ctx.bytes_received += len(data)
-        route = ctx.route
-        if route is not None and ctx.bytes_received > route.max_body_size:
-            if self.exchange is not None:
-                exchange, self.exchange = self.exchange, None
-                exchange.on_downstream_lost()
-            self.error(413, "the request body is larger than allowed")
-            return
-        if self.exchange is not None:
-            self.exchange.on_request_body(data)
-        elif self.pending is not None:
-            self.pending.append(data)
-        if self._unacked >= 0:
-            self._unacked += flow
-        else:
-            self.conn.ack(self.stream_id, flow)
-
-    def on_end(self) -> None:
-        self.request_done = True
-        if self.exchange is not None:
-            self.exchange.on_request_end()
-
-    def on_reset(self) -> None:
-        exchange, self.exchange = self.exchange, None
-        if exchange is not None:
-            exchange.on_downstream_lost()
-        if not self.started:
-            self.ctx.status = 499
-        self.ctx.error = self.ctx.error or "the client reset the stream"
-        self.conn.stream_over(self)
-
-    # Downstream
-
-    def send_interim(self, status: int, headers: HeaderList) -> None:
-        pass  # 1xx responses are not relayed over HTTP/2 yet
-
-    def start_response(self, status: int, headers: HeaderList, length: int | None) -> None:
-        ctx = self.ctx
-        ctx.status = status
-        self.started = True
-        self._bodyless = status in _BODYLESS or ctx.method == "HEAD"
-        self._head = response_block(status, headers)
-
-    def write(self, data: bytes) -> None:
-        if not data or self._bodyless:
-            return
-        self.ctx.bytes_sent += len(data)
-        self._out.append(data)
-        self.buffered += len(data)
-
-    def flush(self) -> None:
-        self.conn.pump(self)
-
-    async def send_file(self, fd: int, offset: int, count: int) -> bool:
-        return False  # DATA frames need the bytes in hand: the handler writes them
-
-    def finish(self) -> None:
-        self._ending = True
-        self.exchange = None
-        self.conn.pump(self)
-
-    def send_trailers(self, trailers: HeaderList) -> None:
-        """End the response with a trailer section (gRPC's status) instead of END_STREAM on
-        the last DATA frame."""
-        self._trailers = [(k.lower(), v) for k, v in trailers]
-        self.finish()
-
-    def abort(self, reason: str) -> None:
-        self.exchange = None
-        self.ctx.error = self.ctx.error or reason
-        self._out.clear()
-        self.conn.reset(self.stream_id, ErrorCodes.INTERNAL_ERROR)
-        self.conn.stream_over(self)
-
-    def respond(self, status: int, headers: HeaderList, body: bytes) -> None:
-        if self.started:
-            self.abort("a second response to one request")
-            return
-        # Both response phases: a compressing filter must also see a whole-body answer.
-        body = self.chain().run_whole_response(self.ctx, status, headers, body)
-        self.start_response(status, headers, len(body))
-        self.write(body)
-        self.finish()
-
-    def error(self, status: int, message: str) -> None:
-        if self.started:
-            self.abort(message)
-            return
-        fmt = self.vhost.error_format if self.vhost is not None else "json"
-        ctype, body = error_body(status, message, fmt)
-        self.respond(status, [(b"content-type", ctype)], body)
-
-    def pause_reading(self) -> None:
-        if self._unacked < 0:
-            self._unacked = 0
-
-    def resume_reading(self) -> None:
-        unacked, self._unacked = self._unacked, -1
-        if unacked > 0:
-            self.conn.ack(self.stream_id, unacked)
-
-    def start_tunnel(self, peer: Tunnel, status: int = 200, headers: Any = None) -> bytes:
-        self.abort("tunnels are not served over HTTP/2")
-        return b""
-
-    def tunnel_write(self, data: bytes) -> None:
-        pass
-
-    def tunnel_close(self) -> None:
-        pass
-
-    # helpers for the connection
-
-    def chain(self) -> Any:
-        route = self.ctx.route
-        if route is not None:
-            return route.chain
-        return (self.vhost or self.conn.listener.hosts.default).chain
-
-    def log(self) -> None:
-        route = self.ctx.route
-        if route is not None:
-            if route.access_log:
-                route.chain.run_log(self.ctx)
-        else:
-            (self.vhost or self.conn.listener.hosts.default).chain.run_log(self.ctx)
 
 
 class H2Server(asyncio.Protocol):
