@@ -9,6 +9,7 @@ import contextlib
 import http.client
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -45,8 +46,6 @@ def install_sigterm_handler() -> None:
 
 def raise_nofile_limit() -> int:
     """Raise RLIMIT_NOFILE to the hard limit (children inherit it); return the new soft limit."""
-    import resource
-
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
@@ -148,6 +147,64 @@ def process_tree(root: int) -> list[int]:
 def worker_pids(root: int) -> list[int]:
     """The processes that serve traffic: the children of a master, or the process itself."""
     return [p for p in process_tree(root) if p != root] or [root]
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """utime + stime summed over a process tree, in seconds."""
+    return sum(cpu_ticks(p) or 0 for p in process_tree(root)) / CLK_TCK
+
+
+def system_cpu_seconds() -> float:
+    """Busy CPU time of the whole machine (/proc/stat), in seconds.
+
+    user + nice + system + irq + softirq: without IRQ time accounting the kernel charges the
+    softirq work of loopback traffic to the process that happened to be running (its stime),
+    while /proc/stat counts it as softirq. Idle, iowait and steal are left out.
+    """
+    with open("/proc/stat", encoding="ascii") as f:
+        fields = f.readline().split()
+    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[1:8])
+    return (user + nice + system + irq + softirq) / CLK_TCK
+
+
+class OtherLoad:
+    """CPU used on the machine by anything but the processes we know about, during a run.
+
+    The machine may be shared; a run during which something else was busy is worth less.
+    Known: the trees given to ``stop()``, this process and the children it waited for (wrk).
+    """
+
+    def __init__(self, *roots: int) -> None:
+        self.roots = roots
+        self._t0 = time.monotonic()
+        self._system = system_cpu_seconds()
+        self._known = self._known_seconds()
+
+    def _known_seconds(self) -> float:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        rusage = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+        return rusage + sum(tree_cpu_seconds(r) for r in self.roots)
+
+    def stop(self) -> float:
+        """Percent of one CPU used by others since construction (can be slightly negative)."""
+        wall = time.monotonic() - self._t0
+        system = system_cpu_seconds() - self._system
+        known = self._known_seconds() - self._known
+        return 100.0 * (system - known) / wall if wall > 0 else 0.0
+
+
+def wait_quiet(max_seconds: float, threshold_pct: float, window: float = 2.0) -> bool:
+    """Wait up to ``max_seconds`` for a ``window`` in which the whole machine is busy less than
+    ``threshold_pct`` of one CPU. True if it got quiet."""
+    deadline = time.monotonic() + max_seconds
+    while True:
+        before = system_cpu_seconds()
+        time.sleep(window)
+        if (system_cpu_seconds() - before) * 100.0 / window < threshold_pct:
+            return True
+        if time.monotonic() >= deadline:
+            return False
 
 
 class ProcSampler:

@@ -27,6 +27,7 @@ from benchlib import (
     HOST,
     RESULTS_DIR,
     BenchError,
+    OtherLoad,
     ProcSampler,
     Server,
     ferryman_conf,
@@ -42,6 +43,7 @@ from benchlib import (
     start_ferryman,
     start_nginx,
     table,
+    wait_quiet,
     wait_ready,
     write_origin_files,
 )
@@ -50,6 +52,7 @@ SIZES = {"small": "/small", "64k": "/64k", "1m": "/1m"}
 PROXIES = ("ferryman", "nginx")
 UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 MB = 1024 * 1024
+OTHER_LOAD_WARN = 10.0  # % of one CPU used by other processes during a run
 
 
 @dataclass
@@ -76,6 +79,8 @@ class Run:
     peak_rss_mb: float
     cpu_seconds: float
     cpu_us_per_req: float
+    # CPU used by other processes on the machine during the run, in % of one CPU.
+    other_cpu_pct: float
 
 
 def _ms(value: str, unit: str) -> float:
@@ -124,17 +129,50 @@ def run_wrk(wrk: str, args: argparse.Namespace, port: int, path: str, duration: 
     return done.stdout
 
 
-def measure(wrk: str, args: argparse.Namespace, server: Server, size: str, rnd: int) -> Run:
+def measure(
+    wrk: str, args: argparse.Namespace, server: Server, origin: Server, size: str, rnd: int
+) -> Run:
+    other = OtherLoad(server.pid, origin.pid)
     sampler = ProcSampler(server.pid, interval=0.2)
     sampler.start()
     try:
         out = run_wrk(wrk, args, server.port, SIZES[size], args.duration)
     finally:
         peak_rss, cpu_s = sampler.stop()
+        other_pct = other.stop()
     server.check_alive()
     result = parse_wrk(out)
     per_req = cpu_s * 1e6 / result.requests if result.requests else float("nan")
-    return Run(rnd, size, server.name, result, peak_rss / MB, cpu_s, per_req)
+    return Run(rnd, size, server.name, result, peak_rss / MB, cpu_s, per_req, other_pct)
+
+
+def run_once(
+    wrk: str, args: argparse.Namespace, server: Server, origin: Server, size: str, rnd: int
+) -> Run:
+    """One measured run; redone up to ``--retry-busy`` times while the machine was busy, keeping
+    the attempt with the least other load."""
+    best: Run | None = None
+    for attempt in range(args.retry_busy + 1):
+        if attempt:
+            print("  (other load above the limit: running it again)", flush=True)
+        time.sleep(args.pause)
+        if args.wait_quiet > 0 and not wait_quiet(args.wait_quiet, OTHER_LOAD_WARN):
+            print(f"  (machine still busy after {args.wait_quiet:g}s: running anyway)")
+        run = measure(wrk, args, server, origin, size, rnd)
+        w = run.wrk
+        print(
+            f"[round {rnd}/{args.rounds}] {size:5} {server.name:8} {w.rps:10,.0f} req/s"
+            f"  p99 {w.p99_ms:7.2f} ms  rss {run.peak_rss_mb:6.1f} MB"
+            f"  cpu {run.cpu_us_per_req:6.1f} us/req  errors {w.errors}"
+            f"  other load {run.other_cpu_pct:3.0f}%",
+            flush=True,
+        )
+        if best is None or run.other_cpu_pct < best.other_cpu_pct:
+            best = run
+        if run.other_cpu_pct <= OTHER_LOAD_WARN:
+            break
+    assert best is not None
+    return best
 
 
 def sanity_check(proxies: dict[str, Server], origin: Server, sizes: list[str]) -> None:
@@ -173,6 +211,7 @@ def summarize(runs: list[Run], sizes: list[str]) -> dict[str, Any]:
                 "peak_rss_mb": max((r.peak_rss_mb for r in rs), default=float("nan")),
                 "cpu_us_per_req_median": _median([r.cpu_us_per_req for r in rs]),
                 "errors": sum(r.wrk.errors for r in rs),
+                "other_load_max_pct": max((r.other_cpu_pct for r in rs), default=float("nan")),
             }
         rounds = sorted({r.round for r in runs if r.size == size})
         rps_ratios, p99_ratios = [], []
@@ -244,6 +283,8 @@ def render(summary: dict[str, Any], meta: dict[str, Any], markdown: bool) -> str
         f"{a['rounds']} interleaved rounds; medians over rounds, peak RSS over rounds "
         "(VmRSS summed over the proxy's processes), CPU = utime+stime of the proxy's processes"
     )
+    other = max(per[p]["other_load_max_pct"] for per in summary.values() for p in PROXIES)
+    load += f"; other processes used up to {other:.0f}% of a CPU during a run"
     if not markdown:
         return f"{main}\n\n{ratios}\n"
     return (
@@ -268,6 +309,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--warmup", type=int, default=2, help="untimed wrk seconds per proxy and size (default 2)"
     )
     p.add_argument("--pause", type=float, default=1.0, help="seconds between runs (default 1)")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each run, wait up to SECONDS for the machine to be idle (default: no wait)",
+    )
+    p.add_argument(
+        "--retry-busy",
+        type=int,
+        default=0,
+        metavar="N",
+        help=f"redo a run up to N times when other load was above {OTHER_LOAD_WARN:.0f}%%"
+        " of a CPU (default 0)",
+    )
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
     p.add_argument(
         "--output", type=Path, default=RESULTS_DIR / "latest.json", help=argparse.SUPPRESS
@@ -346,21 +402,29 @@ def main(argv: list[str] | None = None) -> int:
             order = PROXIES if rnd % 2 else PROXIES[::-1]
             for size in args.sizes:
                 for name in order:
-                    time.sleep(args.pause)
-                    run = measure(wrk, args, proxies[name], size, rnd)
-                    runs.append(run)
-                    w = run.wrk
-                    print(
-                        f"[round {rnd}/{args.rounds}] {size:5} {name:8} {w.rps:10,.0f} req/s"
-                        f"  p99 {w.p99_ms:7.2f} ms  rss {run.peak_rss_mb:6.1f} MB"
-                        f"  cpu {run.cpu_us_per_req:6.1f} us/req  errors {w.errors}",
-                        flush=True,
-                    )
+                    runs.append(run_once(wrk, args, proxies[name], origin, size, rnd))
 
         summary = summarize(runs, args.sizes)
         print()
         print(render(summary, meta, markdown=False))
         print(render(summary, meta, markdown=True))
+        for r in runs:
+            if r.wrk.errors:
+                print(
+                    f"WARNING: round {r.round} {r.size} {r.proxy}: {r.wrk.errors} errors in"
+                    f" {r.wrk.requests} requests (non-2xx/3xx {r.wrk.non_2xx}, socket"
+                    f" {r.wrk.socket_errors}); its req/s and latency are not meaningful.",
+                    file=sys.stderr,
+                )
+        busy = [r for r in runs if r.other_cpu_pct > OTHER_LOAD_WARN]
+        if busy:
+            worst = max(r.other_cpu_pct for r in busy)
+            print(
+                f"WARNING: during {len(busy)} of {len(runs)} runs other processes used more than"
+                f" {OTHER_LOAD_WARN:.0f}% of a CPU (up to {worst:.0f}%); the machine was not"
+                " quiet, so these figures are unreliable.",
+                file=sys.stderr,
+            )
         args.output.parent.mkdir(parents=True, exist_ok=True)
         result = {"meta": meta, "summary": summary, "runs": [asdict(r) for r in runs]}
         args.output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -161,20 +161,6 @@ def _build_forward(config: Config, hosts: dict[str, HostTable]) -> ForwardProxy 
     return forward
 
 
-def _build_forward(config: Config, hosts: dict[str, HostTable]) -> ForwardProxy | None:
-    """The forward proxy (``forward:``), with host tables for its own listeners."""
-    if config.forward is None:
-        return None
-    from ferryman.forward.service import ForwardBuildError, ForwardProxy
-
-    try:
-        forward = ForwardProxy(config.forward)
-    except ForwardBuildError as e:
-        raise BuildError(str(e)) from None
-    forward.add_host_tables(hosts)
-    return forward
-
-
 def load_plugin(ref: PluginRef, where: str) -> Filter:
     module_name, _, class_name = ref.use.partition(":")
     try:
