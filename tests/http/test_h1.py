@@ -164,3 +164,31 @@ def test_serializers() -> None:
     assert (
         request_head("GET", b"/x?y", [(b"host", b"h")]) == b"GET /x?y HTTP/1.1\r\nhost: h\r\n\r\n"
     )
+
+
+def test_large_reads_with_bodies_are_not_mistaken_for_large_heads() -> None:
+    # One read may hold a whole small head and a body far larger than any header limit; the
+    # next message's head must not be charged for it either.
+    sink = Responses()
+    parser = ResponseParser(sink, max_header_size=4096)
+    body = b"y" * 300_000
+    for _ in range(3):
+        parser.expect("GET")
+        parser.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n" + body)
+    assert [e[0] for e in sink.events].count("end") == 3
+    reqs = Requests()
+    rp = RequestParser(reqs, LIMITS)
+    post = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n\r\n" + body
+    rp.feed(post + post[:40])  # a second head starts in the same read
+    rp.feed(post[40:])
+    assert reqs.events.count("end") == 2
+
+
+def test_a_head_split_across_reads_is_still_bounded() -> None:
+    reqs = Requests()
+    rp = RequestParser(reqs, LIMITS)
+    rp.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc" + b"GET / HTTP/1.1\r\n")
+    with pytest.raises(ParseError) as info:
+        for _ in range(100):
+            rp.feed(b"X-A: " + b"a" * 100 + b"\r\n")
+    assert info.value.status == 431
