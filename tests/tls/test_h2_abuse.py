@@ -132,6 +132,7 @@ def _measure(proc: Proc, attack: Callable[[], Attack]) -> tuple[Attack, float, i
     cpu0, rss0 = usage.cpu(), usage.rss()
     a = attack()
     closed = a.drain()
+    a.close()  # what was received stays in ``a.received``
     assert closed, "the connection was not closed"
     time.sleep(0.1)
     return a, usage.cpu() - cpu0, usage.rss() - rss0
