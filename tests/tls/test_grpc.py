@@ -102,3 +102,44 @@ def test_many_concurrent_calls_share_one_connection(channel: grpc.Channel) -> No
     call = channel.unary_unary("/test.Echo/Unary")
     pending = [call.future(b"n%d" % i, timeout=10) for i in range(100)]
     assert [f.result() for f in pending] == [b"echo:n%d" % i for i in range(100)]
+
+
+def test_grpc_to_a_tls_upstream(certs: Certs, ferryman: Callable[..., Proc]) -> None:
+    """``protocol: h2``: HTTP/2 over TLS toward the upstream, certificate verified."""
+    origin_cert, origin_key = certs.make("grpc-origin", "localhost")
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "test.Echo", {"Unary": grpc.unary_unary_rpc_method_handler(_unary)}
+            ),
+        )
+    )
+    creds = grpc.ssl_server_credentials([(origin_key.read_bytes(), origin_cert.read_bytes())])
+    origin_port = server.add_secure_port(f"127.0.0.1:{free_port()}", creds)
+    server.start()
+    try:
+        port = free_port()
+        ferryman(
+            f"""
+workers: 1
+http2: {{h2c: true}}
+upstreams:
+  grpc_tls:
+    protocol: h2
+    servers: [{{address: "https://localhost:{origin_port}"}}]
+    tls: {{ca_file: "{certs.ca}"}}
+servers:
+  - listen: ["127.0.0.1:{port}"]
+    routes:
+      - path: /
+        proxy: {{upstream: grpc_tls}}
+""",
+            port,
+        )
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            response, info = ch.unary_unary("/test.Echo/Unary").with_call(b"tls", timeout=10)
+        assert response == b"echo:tls"
+        assert ("x-served-by", "grpc-origin") in info.trailing_metadata()
+    finally:
+        server.stop(0).wait()
