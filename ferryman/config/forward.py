@@ -13,32 +13,19 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from typing import Annotated, Literal
+from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from ferryman.config.units import parse_duration
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-def _hostport(value: str) -> tuple[str, int]:
-    from ferryman.config.schema import parse_hostport  # schema imports this module
-
-    return parse_hostport(value)
+from ferryman.config.base import Duration
+from ferryman.config.base import Model as _Model
+from ferryman.config.base import parse_hostport as _hostport
 
 
 def check_domain_pattern(pattern: str) -> str:

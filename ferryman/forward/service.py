@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from ferryman.config.base import parse_hostport
 from ferryman.config.forward import Forward
-from ferryman.config.schema import RespondHandler, parse_hostport
+from ferryman.config.schema import RespondHandler
 from ferryman.filters.base import FilterChain
 from ferryman.forward.acl import AccessPolicy, AddressPolicy
 from ferryman.forward.auth import AuthConfigError, Authenticator

@@ -20,7 +20,6 @@ from typing import Any, cast
 
 from ferryman.context import RequestContext, Response
 from ferryman.filters.base import FilterChain
-from ferryman.http.errors import error_body
 from ferryman.http.h1 import (
     LAST_CHUNK,
     ParseError,
@@ -449,19 +448,14 @@ class H1Connection(asyncio.Protocol):
         assert ctx is not None
         if self._started:
             self.abort("a second response to one request")
-            return
-        body = self._chain().run_whole_response(ctx, status, headers, body)
-        self.start_response(status, headers, len(body))
-        self.write(body)
-        self.finish()
+        else:
+            pipeline.respond_whole(self, self._chain(), ctx, status, headers, body)
 
     def error(self, status: int, message: str) -> None:
         if self._started:
             self.abort(message)
-            return
-        fmt = self.vhost.error_format if self.vhost is not None else "json"
-        ctype, body = error_body(status, message, fmt)
-        self.respond(status, [(b"content-type", ctype)], body)
+        else:
+            self.respond(status, *pipeline.error_response(self.vhost, status, message))
 
     def pause_reading(self) -> None:
         self._pause_handler = True

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 from h2.errors import ErrorCodes
 
 from ferryman.context import RequestContext, Response
-from ferryman.http.errors import error_body
 from ferryman.http.h2conn import response_block
 from ferryman.http.headers import HeaderList
 from ferryman.proxy.api import Exchange, Tunnel
 from ferryman.routing.table import CompiledRoute, VirtualHost
+from ferryman.server import pipeline
 
 if TYPE_CHECKING:
     from ferryman.server.h2 import H2Server
@@ -182,20 +182,14 @@ class H2Stream:
     def respond(self, status: int, headers: HeaderList, body: bytes) -> None:
         if self.started:
             self.abort("a second response to one request")
-            return
-        # Both response phases: a compressing filter must also see a whole-body answer.
-        body = self.chain().run_whole_response(self.ctx, status, headers, body)
-        self.start_response(status, headers, len(body))
-        self.write(body)
-        self.finish()
+        else:
+            pipeline.respond_whole(self, self.chain(), self.ctx, status, headers, body)
 
     def error(self, status: int, message: str) -> None:
         if self.started:
             self.abort(message)
-            return
-        fmt = self.vhost.error_format if self.vhost is not None else "json"
-        ctype, body = error_body(status, message, fmt)
-        self.respond(status, [(b"content-type", ctype)], body)
+        else:
+            self.respond(status, *pipeline.error_response(self.vhost, status, message))
 
     def pause_reading(self) -> None:
         if self._unacked < 0:

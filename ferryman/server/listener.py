@@ -5,7 +5,8 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING, Any
 
-from ferryman.config.schema import Http2, parse_hostport
+from ferryman.config.base import parse_hostport
+from ferryman.config.schema import Http2
 from ferryman.config.schema import Limits as LimitsConfig
 from ferryman.http.h1 import Limits
 from ferryman.routing.table import HostTable

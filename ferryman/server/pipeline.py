@@ -13,6 +13,7 @@ from typing import Protocol
 
 from ferryman.context import RequestContext, Response
 from ferryman.filters.base import FilterChain
+from ferryman.http.errors import error_body
 from ferryman.http.headers import HeaderList
 from ferryman.routing.table import CompiledRoute, HostTable, VirtualHost
 from ferryman.server.tasks import spawn
@@ -91,3 +92,32 @@ async def _filter_async(
         side.internal_error(e)
         return
     side.filters_done(ctx, route, answer)
+
+
+class Responder(Protocol):
+    def start_response(self, status: int, headers: HeaderList, length: int | None) -> None: ...
+    def write(self, data: bytes) -> None: ...
+    def finish(self) -> None: ...
+
+
+def respond_whole(
+    side: Responder,
+    chain: FilterChain,
+    ctx: RequestContext,
+    status: int,
+    headers: HeaderList,
+    body: bytes,
+) -> None:
+    """A whole response, through both response phases: a compressing filter sees it too."""
+    body = chain.run_whole_response(ctx, status, headers, body)
+    side.start_response(status, headers, len(body))
+    side.write(body)
+    side.finish()
+
+
+def error_response(
+    vhost: VirtualHost | None, status: int, message: str
+) -> tuple[HeaderList, bytes]:
+    """Headers and body of one of Ferryman's own errors, in the server's error format."""
+    ctype, body = error_body(status, message, vhost.error_format if vhost is not None else "json")
+    return [(b"content-type", ctype)], body

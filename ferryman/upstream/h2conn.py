@@ -32,6 +32,7 @@ from h2.settings import SettingCodes
 
 from ferryman.http.headers import HeaderList
 from ferryman.upstream.peer import Peer
+from ferryman.upstream.tls import dial
 
 _CONFIG = H2Configuration(client_side=True, header_encoding=None, validate_inbound_headers=True)
 _WINDOW = 16 << 20
@@ -200,18 +201,7 @@ class H2Pool:
         future: asyncio.Future[UpstreamH2] = loop.create_future()
         self._opening[peer] = future
         try:
-            if peer.tls and self.tls is not None:
-                _, conn = await loop.create_connection(
-                    lambda: UpstreamH2(peer),
-                    peer.host,
-                    peer.port,
-                    ssl=self.tls,
-                    server_hostname=self.server_name or peer.host,
-                )
-            else:
-                _, conn = await loop.create_connection(
-                    lambda: UpstreamH2(peer), peer.host, peer.port
-                )
+            conn = await dial(peer, lambda: UpstreamH2(peer), self.tls, self.server_name)
         except BaseException as e:
             future.set_exception(e)
             future.exception()  # retrieved: a lone caller must not leave it unobserved

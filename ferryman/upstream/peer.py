@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ferryman.config.schema import parse_hostport, split_scheme
+from ferryman.config.base import parse_hostport
+from ferryman.config.schema import split_scheme
 
 
 class Peer:

@@ -15,6 +15,7 @@ from collections import deque
 
 from ferryman.upstream.connection import UpstreamConnection
 from ferryman.upstream.peer import Peer
+from ferryman.upstream.tls import dial
 
 
 class Pool:
@@ -54,19 +55,7 @@ class Pool:
         return None
 
     async def connect(self, peer: Peer) -> UpstreamConnection:
-        loop = asyncio.get_running_loop()
-        if peer.tls and self.tls is not None:
-            _, conn = await loop.create_connection(
-                lambda: UpstreamConnection(peer),
-                peer.host,
-                peer.port,
-                ssl=self.tls,
-                server_hostname=self.server_name or peer.host,
-            )
-        else:
-            _, conn = await loop.create_connection(
-                lambda: UpstreamConnection(peer), peer.host, peer.port
-            )
+        conn = await dial(peer, lambda: UpstreamConnection(peer), self.tls, self.server_name)
         self.active += 1
         return conn
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from ferryman.config.schema import UpstreamTls
 from ferryman.tls import TlsError
 from ferryman.tls.certs import check_pair
+from ferryman.upstream.peer import Peer
 
 
 def client_context(config: UpstreamTls, alpn: list[str] | None = None) -> ssl.SSLContext:
@@ -29,3 +33,24 @@ def client_context(config: UpstreamTls, alpn: list[str] | None = None) -> ssl.SS
         ctx.load_cert_chain(config.cert, config.key)
     ctx.set_alpn_protocols(alpn or ["http/1.1"])
     return ctx
+
+
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
+
+
+async def dial(
+    peer: Peer,
+    factory: Callable[[], _P],
+    tls: ssl.SSLContext | None,
+    server_name: str | None,
+) -> _P:
+    """Connect to ``peer``, over TLS when it is an ``https://`` server (SNI: ``server_name``,
+    else the peer's host)."""
+    loop = asyncio.get_running_loop()
+    if peer.tls and tls is not None:
+        _, conn = await loop.create_connection(
+            factory, peer.host, peer.port, ssl=tls, server_hostname=server_name or peer.host
+        )
+    else:
+        _, conn = await loop.create_connection(factory, peer.host, peer.port)
+    return conn
