@@ -7,6 +7,7 @@ I/O, so every rule is tested without a socket.
 
 from __future__ import annotations
 
+import time
 from email.utils import formatdate, parsedate_to_datetime
 
 from ferryman.http.headers import HeaderList, get
@@ -18,6 +19,23 @@ MAX_RANGES = 32
 
 def http_date(timestamp: float) -> bytes:
     return formatdate(timestamp, usegmt=True).encode("ascii")
+
+
+class _Clock:
+    second = -1
+    value = b""
+
+
+_clock = _Clock()
+
+
+def date_now() -> bytes:
+    """The ``Date`` of a response Ferryman makes itself, formatted once a second."""
+    second = int(time.time())
+    if _clock.second != second:
+        _clock.second = second
+        _clock.value = http_date(second)
+    return _clock.value
 
 
 def parse_http_date(value: bytes) -> float | None:

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from ferryman.context import RequestContext, Response
 from ferryman.filters.base import FilterChain
+from ferryman.http.conditional import date_now
 from ferryman.http.errors import error_body
 from ferryman.http.headers import HeaderList
 from ferryman.routing.table import CompiledRoute, HostTable, VirtualHost
@@ -110,6 +111,8 @@ def respond_whole(
 ) -> None:
     """A whole response, through both response phases: a compressing filter sees it too."""
     body = chain.run_whole_response(ctx, status, headers, body)
+    # Ferryman is the origin of this answer: RFC 9110 6.6.1 asks it to say when.
+    headers.append((b"date", date_now()))
     side.start_response(status, headers, len(body))
     side.write(body)
     side.finish()

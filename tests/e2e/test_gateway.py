@@ -58,6 +58,7 @@ def test_no_route_is_404_json(gateway: Proc) -> None:
     r = httpx.get(BASE + "/api/unknown/thing")
     assert r.status_code == 404
     assert r.json() == {"error": "Route not found"}
+    assert r.headers["date"].endswith(" GMT")
     assert r.headers["content-type"] == "application/json"
     assert r.headers["x-proxied-by"] == "Ferryman"
 
