@@ -151,6 +151,9 @@ class ProxyHandler(Model):
     # Add RFC 7239 ``Forwarded`` besides the X-Forwarded-* family.
     forwarded: bool = False
     x_forwarded: bool = True
+    # Response bytes held for a slow client before the upstream is paused (nginx's
+    # proxy_buffers): the upstream connection is freed sooner. 0 keeps the 64k default.
+    buffer: Size = 0
 
     @model_validator(mode="after")
     def _one_target(self) -> ProxyHandler:

@@ -24,6 +24,10 @@ class Downstream(Protocol):
         """Send what was written so far (the head and body of a small response leave in one
         write when a handler calls this once per batch)."""
 
+    def set_send_buffer(self, size: int) -> None:
+        """Hold up to ``size`` response bytes for this client before asking the handler to
+        pause (HTTP/1.1); HTTP/2 has its flow-control windows instead."""
+
     async def send_file(self, fd: int, offset: int, count: int) -> bool:
         """Send ``count`` bytes of the open file ``fd`` from ``offset`` as (part of) the body
         straight from the kernel (sendfile(2)). False, with nothing sent, where this side

@@ -47,6 +47,7 @@ class ProxyRoute:
         self.connect_timeout = config.timeouts.connect
         self.send_timeout = config.timeouts.send
         self.read_timeout = config.timeouts.read
+        self.buffer = config.buffer
         self.websocket = config.websocket.enabled
         self.ws_idle_timeout = config.websocket.idle_timeout
         self.host_mode = config.host
@@ -263,6 +264,8 @@ class ProxyExchange:
             if self._body_filters:
                 length = None  # streamed through filters that may change the length
         self._started = True
+        if route.buffer:
+            self._downstream.set_send_buffer(route.buffer)
         self._downstream.start_response(status, headers, length)
 
     def on_response_body(self, data: bytes) -> None:

@@ -47,6 +47,7 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 class H1Connection(asyncio.Protocol):
     __slots__ = (
         "_body_expected",
+        "_buffer_set",
         "_chunked",
         "_deadline",
         "_deferred",
@@ -106,6 +107,7 @@ class H1Connection(asyncio.Protocol):
         self._tunnel_buf: list[bytes] | None = None
         self._deadline = Deadline(self._timed_out)
         self._in_feed = False
+        self._buffer_set = False
         self._body_expected = False
         self._deferred: CompiledRoute | None = None
 
@@ -404,6 +406,11 @@ class H1Connection(asyncio.Protocol):
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
 
+    def set_send_buffer(self, size: int) -> None:
+        if self.transport is not None:
+            self.transport.set_write_buffer_limits(high=size)
+            self._buffer_set = True
+
     async def send_file(self, fd: int, offset: int, count: int) -> bool:
         """Send ``count`` bytes of the open file ``fd`` from ``offset`` as body, by
         sendfile(2). False when this connection cannot (TLS): the caller writes them."""
@@ -514,6 +521,9 @@ class H1Connection(asyncio.Protocol):
             (self.vhost or self.listener.hosts.default).chain.run_log(ctx)
 
     def _response_done(self) -> None:
+        if self._buffer_set and self.transport is not None:
+            self._buffer_set = False
+            self.transport.set_write_buffer_limits()  # back to the default for the next one
         ctx = self.ctx
         self.exchange = None
         if ctx is not None:

@@ -158,6 +158,9 @@ class H2Stream:
     def flush(self) -> None:
         self.conn.pump(self)
 
+    def set_send_buffer(self, size: int) -> None:
+        pass  # the stream's flow-control window bounds what is held
+
     async def send_file(self, fd: int, offset: int, count: int) -> bool:
         return False  # DATA frames need the bytes in hand: the handler writes them
 

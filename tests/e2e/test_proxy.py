@@ -410,3 +410,44 @@ def test_client_that_stops_reading_is_let_go(
     assert got < 50_000_000  # cut off, not completed
     time.sleep(0.2)
     assert "took no bytes for 1s" in f.stdout()
+
+
+def test_bounded_response_buffer_frees_the_upstream_early(
+    origin: Callable[..., Proc], ferryman: Callable[..., Proc]
+) -> None:
+    oport = free_port()
+    origin(oport, "app")
+    port = free_port()
+    f = ferryman(
+        config(
+            port,
+            oport,
+            route_extra="      - path: /buffered/\n        proxy: {upstream: app, buffer: 4m}\n",
+        ),
+        port,
+    )
+
+    def rss() -> int:
+        with open(f"/proc/{f.pid}/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS"))
+
+    def stalled(path: str) -> int:
+        before = rss()
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(1.0)  # read nothing
+            grown = rss() - before
+            s.settimeout(5)
+            got = 0
+            while got < 20_000_000:
+                chunk = s.recv(1 << 20)
+                if not chunk:
+                    break
+                got += len(chunk)
+        assert got > 20_000_000
+        return grown
+
+    unbuffered = stalled("/plain?size=20000000")
+    buffered = stalled("/buffered/x?size=20000000")
+    assert unbuffered < 2_000, unbuffered  # kB: the default keeps little
+    assert 2_500 < buffered < 12_000, buffered  # about 4 MiB held, and no more
