@@ -15,7 +15,7 @@ from ferryman.http.headers import HeaderList
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _FORWARDED = frozenset(
-    {b"x-forwarded-for", b"x-real-ip", b"x-forwarded-proto", b"x-forwarded-host"}
+    {b"x-forwarded-for", b"x-real-ip", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
 )
 
 
@@ -48,6 +48,7 @@ class ForwardedHeaders(Filter):
         proto = ctx.scheme.encode("ascii")
         real_ip = peer
         xff = peer
+        earlier: list[bytes] = []
         prior = [h for h in headers if h[0] in _FORWARDED]
         if prior:
             incoming = [v for k, v in prior if k == b"x-forwarded-for"]
@@ -57,6 +58,8 @@ class ForwardedHeaders(Filter):
             if self._is_trusted(ctx.client_addr):
                 real_ip = self.client_ip(ctx, incoming).encode("latin-1")
                 proto = next((v for k, v in prior if k == b"x-forwarded-proto"), proto)
+                # An untrusted client's RFC 7239 claims are dropped, a trusted proxy's kept.
+                earlier = [v for k, v in prior if k == b"forwarded"]
             headers[:] = [h for h in headers if h[0] not in _FORWARDED]
         headers += (
             (b"x-real-ip", real_ip),
@@ -69,8 +72,8 @@ class ForwardedHeaders(Filter):
             if ":" in node:
                 node = f'"[{node}]"'
             value = f"for={node};host={ctx.host};proto={ctx.scheme}".encode("latin-1")
-            earlier = [v for k, v in headers if k == b"forwarded"]
             if earlier:
-                headers[:] = [(k, v) for k, v in headers if k != b"forwarded"]
                 value = b", ".join(earlier) + b", " + value
             headers.append((b"forwarded", value))
+        elif earlier:
+            headers.append((b"forwarded", b", ".join(earlier)))

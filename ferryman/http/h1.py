@@ -31,6 +31,7 @@ class RequestHead:
         "chunked",
         "content_length",
         "expect_continue",
+        "has_body",
         "headers",
         "host",
         "keep_alive",
@@ -63,10 +64,7 @@ class RequestHead:
         self.content_length = content_length
         self.chunked = chunked
         self.expect_continue = expect_continue
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
+        self.has_body = chunked or bool(content_length)
 
 
 class RequestSink(Protocol):
@@ -188,9 +186,15 @@ class RequestParser(_ParserBase):
                 raise ParseError(400, "a request needs exactly one Host header")
             host = b""
         cl = fields.get(b"content-length")
-        chunked = b"transfer-encoding" in fields
-        if chunked and version == "1.0":
-            raise ParseError(400, "Transfer-Encoding is not allowed in HTTP/1.0")
+        te = fields.get(b"transfer-encoding")
+        chunked = te is not None
+        if te is not None:
+            if version == "1.0":
+                raise ParseError(400, "Transfer-Encoding is not allowed in HTTP/1.0")
+            if te.lower() != b"chunked":
+                # Only chunked is taken apart here; another coding would reach the upstream
+                # mislabelled (nginx answers 501 too).
+                raise ParseError(501, "only the chunked transfer coding is supported")
         expect = fields.get(b"expect")
         if expect is not None and expect.lower() != b"100-continue":
             raise ParseError(417, "unsupported expectation")
@@ -216,7 +220,8 @@ class RequestParser(_ParserBase):
         self._sink.on_body(body)
 
     def on_message_complete(self) -> None:
-        self._next_head()
+        self._head_size = 0  # the next head starts here (_next_head, inlined: hot path)
+        self._in_head = True
         self._sink.on_request_end()
 
 
@@ -249,7 +254,7 @@ class ResponseSink(Protocol):
 class ResponseParser(_ParserBase):
     """Parses one upstream connection's responses; call :meth:`expect` before each request."""
 
-    __slots__ = ("_bodyless", "_headers", "sink")
+    __slots__ = ("_bodyless", "_headers", "done", "sink", "stray")
     _parser: httptools.HttpResponseParser
     _too_large = 502
 
@@ -261,10 +266,19 @@ class ResponseParser(_ParserBase):
         self._head_size = self._chunk = 0
         self._in_head = True
         self._head_limit = max_header_size
+        # ``done`` once the final response to the current request has ended; anything parsed
+        # after that is ``stray``, and the connection must not be used again.
+        self.done = False
+        self.stray = False
 
     def expect(self, method: str) -> None:
         """Tell the parser what the next response answers: HEAD responses carry no body."""
         self._bodyless = method == "HEAD"
+        self.done = self.stray = False
+
+    def on_message_begin(self) -> None:
+        if self.done:
+            self.stray = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.lower(), value))
@@ -294,15 +308,22 @@ class ResponseParser(_ParserBase):
             keep_alive = p.should_keep_alive()
             self._parser = httptools.HttpResponseParser(self)
             self._next_head()
+            self.done = True
             self.sink.on_response_end(keep_alive)
 
     def on_body(self, body: bytes) -> None:
+        if self.done:
+            self.stray = True  # a "body" after a HEAD response's head: out of step
+            return
         self.sink.on_response_body(body)
 
     def on_message_complete(self) -> None:
-        self._next_head()
-        if self._bodyless and self._parser.get_status_code() >= 200:
-            return
+        self._head_size = 0  # the next head starts here (_next_head, inlined: hot path)
+        self._in_head = True
+        if self._parser.get_status_code() >= 200:
+            if self._bodyless:
+                return
+            self.done = True
         self.sink.on_response_end(self._parser.should_keep_alive())
 
 

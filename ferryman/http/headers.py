@@ -53,12 +53,17 @@ def set_(headers: HeaderList, name: bytes, value: bytes) -> None:
     headers.append((name, value))
 
 
+# Headers a Connection token may not remove: they frame the message or name its target, and
+# a peer that could strip them could smuggle a second message inside the body of the first.
+PROTECTED = frozenset({b"content-length", b"host", b"transfer-encoding"})
+
+
 def connection_tokens(headers: HeaderList) -> set[bytes]:
     tokens: set[bytes] = set()
     for k, v in headers:
         if k == b"connection":
             tokens.update(t.strip().lower() for t in v.split(b",") if t.strip())
-    return tokens
+    return tokens - PROTECTED
 
 
 # ``connection`` value meaning "not known: look at the headers".

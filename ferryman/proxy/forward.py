@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from functools import partial
 
 from ferryman.config.schema import ProxyHandler
 from ferryman.context import RequestContext
@@ -55,8 +57,10 @@ class ProxyRoute:
             None if config.host in ("pass", "upstream") else config.host.encode("latin-1")
         )
 
-    def start(self, ctx: RequestContext, downstream: Downstream) -> Exchange | None:
-        return ProxyExchange(self, ctx, downstream)
+        # ``start`` is the exchange's constructor bound to this route: no call in between.
+        self.start: Callable[[RequestContext, Downstream], Exchange | None] = partial(
+            ProxyExchange, self
+        )
 
 
 class ProxyExchange:
@@ -147,7 +151,7 @@ class ProxyExchange:
         """The upstream request's headers, once the first peer is known (filters may log it)."""
         route = self._route
         ctx = self.ctx
-        headers = _upstream_headers(ctx.headers)
+        headers = strip_hop_by_hop(ctx.headers, _UPSTREAM_DROP)
         if self._upgrade is not None:
             headers.append((b"connection", b"upgrade"))
             headers.append((b"upgrade", self._upgrade))
@@ -159,7 +163,7 @@ class ProxyExchange:
             method(ctx, headers)
         self._headers = headers
         if route.host_mode != "upstream":
-            self._head = _head(ctx, headers)
+            self._head = request_head(ctx.method, ctx.upstream_target, headers)
 
     async def _connect(self, peer: Peer) -> None:
         try:
@@ -186,7 +190,7 @@ class ProxyExchange:
             assert self._peer is not None and self._headers is not None
             headers = list(self._headers)
             _set_host(headers, self._peer.host_header)
-            head = _head(ctx, headers)
+            head = request_head(ctx.method, ctx.upstream_target, headers)
         pending = self._unsent
         if pending:
             frame = _frame_chunked if self._chunked_body else _frame_raw
@@ -249,18 +253,21 @@ class ProxyExchange:
         if status in route.group.retry_statuses and self._can_retry(sent=True):
             self._upstream_failed(f"http_{status}", f"upstream answered {status}")
             return
-        assert self._peer is not None
-        self._peer.succeeded()
+        peer = self._peer
+        assert peer is not None
+        if peer.fails:
+            peer.succeeded()
         ctx = self.ctx
         ctx.upstream_status = status
         headers = strip_hop_by_hop(head.headers, HOP_BY_HOP, head.connection)
-        route.chain.run_response(ctx, status, headers)
+        chain = route.chain
+        for on_response in chain.on_response:
+            on_response(ctx, status, headers)
         length = head.content_length
         bodyless = status in _NO_BODY_STATUS or ctx.method == "HEAD"
-        chunked = head.chunked
-        self._eof_ends = not bodyless and length is None and not chunked
-        if not bodyless:
-            self._body_filters = route.chain.body_filters(headers)
+        self._eof_ends = not bodyless and length is None and not head.chunked
+        if not bodyless and chain.on_response_body:
+            self._body_filters = chain.body_filters(headers)
             if self._body_filters:
                 length = None  # streamed through filters that may change the length
         self._started = True
@@ -286,7 +293,8 @@ class ProxyExchange:
 
     def _complete(self) -> None:
         self._finished = True
-        self._cancel_timer()
+        if self._conn is not None or self._send_timer is not None:
+            self._cancel_timer()
         chain = self._body_filters
         if chain:
             data = b""
@@ -309,14 +317,14 @@ class ProxyExchange:
         self.ctx.status = self.ctx.upstream_status = 101
         Splice(self._downstream, conn, leftover, self._route.ws_idle_timeout, 101, self._switch)
 
-    def on_upstream_lost(self, reason: str) -> None:
+    def on_upstream_lost(self, reason: str, clean: bool = False) -> None:
         if self._finished:
             return
         self._end_try(reuse=False)
         if not self._started:
             self._upstream_failed("error", reason)
-        elif self._eof_ends:
-            self._complete()  # the body was delimited by the connection's end
+        elif self._eof_ends and clean:
+            self._complete()  # the body was delimited by the connection's orderly end
         else:
             self._finished = True
             self._cancel_timer()
@@ -355,14 +363,12 @@ class ProxyExchange:
     # the client side
 
     def on_downstream_pause(self) -> None:
-        conn = self._conn
-        if conn is not None and conn.transport is not None:
-            conn.transport.pause_reading()
+        if self._conn is not None:
+            self._conn.pause()
 
     def on_downstream_resume(self) -> None:
-        conn = self._conn
-        if conn is not None and conn.transport is not None:
-            conn.transport.resume_reading()
+        if self._conn is not None:
+            self._conn.resume()
 
     def on_downstream_lost(self) -> None:
         if self._finished:
@@ -461,17 +467,9 @@ def _frame_chunked(data: bytes) -> bytes:
 _UPSTREAM_DROP = HOP_BY_HOP | {b"expect"}
 
 
-def _upstream_headers(headers: HeaderList) -> HeaderList:
-    return strip_hop_by_hop(headers, _UPSTREAM_DROP)
-
-
 def _set_host(headers: HeaderList, host: bytes) -> None:
     for i, (k, _) in enumerate(headers):
         if k == b"host":
             headers[i] = (b"host", host)
             return
     headers.insert(0, (b"host", host))
-
-
-def _head(ctx: RequestContext, headers: HeaderList) -> bytes:
-    return request_head(ctx.method, ctx.upstream_target, headers)

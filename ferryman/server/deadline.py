@@ -19,7 +19,7 @@ class Deadline:
         self._loop = asyncio.get_running_loop()
         self._expired = expired
         self._timer: asyncio.TimerHandle | None = None
-        self.at = 0.0  # loop time of the deadline; 0 means none
+        self.at = 0.0  # loop time of the deadline; 0 means none, and storing 0 stops it
 
     def arm(self, seconds: float) -> None:
         at = self.at = self._loop.time() + seconds
@@ -33,9 +33,6 @@ class Deadline:
         """Push a running deadline ``seconds`` from now; a stopped one stays stopped."""
         if self.at:
             self.at = self._loop.time() + seconds
-
-    def stop(self) -> None:
-        self.at = 0.0
 
     def close(self) -> None:
         self.at = 0.0

@@ -52,11 +52,13 @@ class H1Connection(asyncio.Protocol):
         "_deadline",
         "_deferred",
         "_discard",
+        "_discarded",
         "_expect",
         "_in_feed",
         "_out",
         "_pause_handler",
         "_pause_queue",
+        "_pause_upgrade",
         "_pending",
         "_queue",
         "_request_done",
@@ -97,6 +99,7 @@ class H1Connection(asyncio.Protocol):
         self._started = False
         self._request_done = True
         self._discard = False
+        self._discarded = 0
         self._expect = False
         # TLS facts shared by the connection's requests (None on plain listeners).
         self.tls: dict[str, str] | None = None
@@ -104,6 +107,7 @@ class H1Connection(asyncio.Protocol):
         self._pending: list[bytes] | None = None  # body read while async filters run
         self._pause_queue = False
         self._pause_handler = False
+        self._pause_upgrade = False
         self._tunnel_buf: list[bytes] | None = None
         self._deadline = Deadline(self._timed_out)
         self._in_feed = False
@@ -125,7 +129,7 @@ class H1Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_addr, self.client_port = peer[0], peer[1]
-        self._arm(listener.limits.client_header_timeout)
+        self._deadline.arm(listener.limits.client_header_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -136,7 +140,7 @@ class H1Connection(asyncio.Protocol):
             return
         if self._state == IDLE:
             self._state = HEAD
-            self._arm(self.listener.limits.client_header_timeout)
+            self._deadline.arm(self.listener.limits.client_header_timeout)
         self._in_feed = True
         try:
             offset = self.parser.feed(data)
@@ -151,12 +155,20 @@ class H1Connection(asyncio.Protocol):
             return
         self._in_feed = False
         if offset is not None:
+            # What follows an upgrade request belongs to the tunnel, if there is one: hold
+            # it, and read no more until the upstream has answered.
             self._tunnel_buf = [data[offset:]] if offset < len(data) else []
+            self._pause_upgrade = True
+            self._update_reading()
         route = self._deferred
         if route is not None:
             self._deferred = None
             if self.ctx is not None:
-                self.filters_done(self.ctx, route, None)
+                try:
+                    self.filters_done(self.ctx, route, None)
+                except Exception as e:
+                    log.exception("internal error while handling a request")
+                    self._internal_error(e)
 
     def eof_received(self) -> bool | None:
         # A client half-closing after its request still gets the answer.
@@ -184,7 +196,7 @@ class H1Connection(asyncio.Protocol):
         self.write_paused = True
         if self._state == BUSY:
             # A client that takes no bytes for send_timeout is let go (nginx send_timeout).
-            self._arm(self.listener.limits.send_timeout)
+            self._deadline.arm(self.listener.limits.send_timeout)
         if self.exchange is not None:
             self.exchange.on_downstream_pause()
         elif self.tunnel is not None:
@@ -194,9 +206,9 @@ class H1Connection(asyncio.Protocol):
         self.write_paused = False
         if self._state == BUSY:
             if self._request_done or not self._body_expected:
-                self._deadline.stop()
+                self._deadline.at = 0.0
             else:
-                self._arm(self.listener.limits.client_body_timeout)
+                self._deadline.arm(self.listener.limits.client_body_timeout)
         if self.exchange is not None:
             self.exchange.on_downstream_resume()
         elif self.tunnel is not None:
@@ -213,23 +225,6 @@ class H1Connection(asyncio.Protocol):
             self._pause_queue = True
             self._update_reading()
             return
-        self._begin(head)
-
-    def on_body(self, data: bytes) -> None:
-        if self._queue:
-            self._queue[-1][1].append(data)
-            return
-        self._deliver_body(data)
-
-    def on_request_end(self) -> None:
-        if self._queue:
-            self._queue[-1][2] = True
-            return
-        self._deliver_end()
-
-    # starting a request
-
-    def _begin(self, head: RequestHead) -> None:
         self._state = BUSY
         self.requests += 1
         listener = self.listener
@@ -253,11 +248,11 @@ class H1Connection(asyncio.Protocol):
         )
         ctx.tls = self.tls
         self.ctx = ctx
-        self._body_expected = head.has_body
-        if head.has_body:
-            self._arm(limits.client_body_timeout)
+        has_body = self._body_expected = head.has_body
+        if has_body:
+            self._deadline.arm(limits.client_body_timeout)
         else:
-            self._deadline.stop()
+            self._deadline.at = 0.0
         if head.target[:1] != b"/":
             if listener.forward is not None:
                 self.vhost = listener.hosts.default
@@ -266,13 +261,29 @@ class H1Connection(asyncio.Protocol):
             if not self._origin_form(ctx, head):
                 return
         if head.upgrade:
+            if has_body:
+                # llhttp stops at an upgrade request's head: its body would go unframed.
+                self.keep_alive = False
+                self.vhost = listener.hosts.lookup(head.host)
+                self.error(400, "an upgrade request cannot carry a body")
+                return
             upgrade = next((v for k, v in head.headers if k == b"upgrade"), b"")
             if upgrade.lower() == b"websocket" and head.method == "GET":
                 ctx.state["upgrade"] = upgrade
-            elif head.has_body:
-                self.keep_alive = False  # the parser stopped at the head: it cannot go on
         self._expect = head.expect_continue
         pipeline.start(self, listener.hosts, ctx, head.host, head.content_length)
+
+    def on_body(self, data: bytes) -> None:
+        if self._queue:
+            self._queue[-1][1].append(data)
+            return
+        self._deliver_body(data)
+
+    def on_request_end(self) -> None:
+        if self._queue:
+            self._queue[-1][2] = True
+            return
+        self._deliver_end()
 
     def _origin_form(self, ctx: RequestContext, head: RequestHead) -> bool:
         """An absolute-form target on a reverse-proxy listener: take the authority as Host."""
@@ -287,6 +298,11 @@ class H1Connection(asyncio.Protocol):
             rest = target.split(b"://", 1)[1]
             authority, slash, path = rest.partition(b"/")
             head.host = authority
+            # The target's authority wins over any Host header (RFC 9112 3.2.2): route and
+            # forward the same name.
+            headers = head.headers
+            headers[:] = [h for h in headers if h[0] != b"host"]
+            headers.insert(0, (b"host", authority))
             head.target = slash + path if slash else b"/"
             ctx.host = authority.decode("latin-1")
             ctx.target = ctx.upstream_target = head.target
@@ -334,15 +350,16 @@ class H1Connection(asyncio.Protocol):
     # request body
 
     def _deliver_body(self, data: bytes) -> None:
+        self._deadline.extend(self.listener.limits.client_body_timeout)
+        if self._discard:
+            self._discarded += len(data)
+            if self._discarded > _DISCARD_LIMIT:
+                self._close()
+            return
         ctx = self.ctx
         if ctx is None:
             return
         ctx.bytes_received += len(data)
-        self._deadline.extend(self.listener.limits.client_body_timeout)
-        if self._discard:
-            if ctx.bytes_received > _DISCARD_LIMIT:
-                self._close()
-            return
         route = ctx.route
         if route is not None and ctx.bytes_received > route.max_body_size:
             self.keep_alive = False
@@ -358,7 +375,7 @@ class H1Connection(asyncio.Protocol):
 
     def _deliver_end(self) -> None:
         self._request_done = True
-        self._deadline.stop()
+        self._deadline.at = 0.0
         if self._discard:
             self._discard = False
             self._next()
@@ -434,9 +451,12 @@ class H1Connection(asyncio.Protocol):
         return True
 
     def finish(self) -> None:
+        out = self._out
         if self._chunked:
-            self._out.append(LAST_CHUNK)
-        self.flush()
+            out.append(LAST_CHUNK)
+        if out and self.transport is not None:  # flush(), inlined: once per response
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
         self._response_done()
 
     def abort(self, reason: str) -> None:
@@ -480,12 +500,12 @@ class H1Connection(asyncio.Protocol):
         self._started = True
         self.transport.write(response_head(status, headers))
         self._state = TUNNEL
-        self._deadline.stop()
+        self._deadline.at = 0.0
         self.exchange = None
         self.tunnel = peer
         buffered = b"".join(self._tunnel_buf or [])
         self._tunnel_buf = None
-        self._pause_handler = self._pause_queue = False
+        self._pause_handler = self._pause_queue = self._pause_upgrade = False
         self._update_reading()
         return buffered
 
@@ -532,10 +552,15 @@ class H1Connection(asyncio.Protocol):
         if not self.keep_alive or self._state == CLOSED:
             self._close()
             return
+        if self._pause_handler:  # a handler that paused the body may have ended early
+            self._pause_handler = False
+            self._update_reading()
         if self._tunnel_buf is not None:
             # The parser stopped at an upgrade we did not take; what follows is unparsed.
             leftover = b"".join(self._tunnel_buf)
             self._tunnel_buf = None
+            self._pause_upgrade = False
+            self._update_reading()
             self.parser = RequestParser(self, self.listener.parser_limits)
             self._request_done = True
             self._next()
@@ -543,7 +568,8 @@ class H1Connection(asyncio.Protocol):
                 self.data_received(leftover)
             return
         if not self._request_done:
-            if ctx is not None and ctx.bytes_received > _DISCARD_LIMIT:
+            self._discarded = ctx.bytes_received if ctx is not None else 0
+            if self._discarded > _DISCARD_LIMIT:
                 self._close()
                 return
             self._discard = True  # read the rest of the body, then go on
@@ -557,14 +583,14 @@ class H1Connection(asyncio.Protocol):
             if not queue:
                 self._pause_queue = False
                 self._update_reading()
-            self._begin(head)
+            self.on_request(head)
             for data in body:
                 self._deliver_body(data)
             if ended:
                 self._deliver_end()
             return
         self._state = IDLE
-        self._arm(self.listener.limits.keepalive_timeout)
+        self._deadline.arm(self.listener.limits.keepalive_timeout)
         if self.listener.draining:
             self._close()
 
@@ -613,15 +639,12 @@ class H1Connection(asyncio.Protocol):
         t = self.transport
         if t is None or self._state == CLOSED:
             return
-        if self._pause_queue or self._pause_handler:
+        if self._pause_queue or self._pause_handler or self._pause_upgrade:
             t.pause_reading()
         else:
             t.resume_reading()
 
     # client timeouts
-
-    def _arm(self, seconds: float) -> None:
-        self._deadline.arm(seconds)
 
     def _timed_out(self) -> None:
         if self._state == CLOSED:

@@ -20,7 +20,7 @@ class Owner(Protocol):
     def on_response_body(self, data: bytes) -> None: ...
     def on_response_end(self, keep_alive: bool) -> None: ...
     def on_upstream_upgrade(self, leftover: bytes) -> None: ...
-    def on_upstream_lost(self, reason: str) -> None: ...
+    def on_upstream_lost(self, reason: str, clean: bool = False) -> None: ...
     def on_upstream_pause_writing(self) -> None: ...
     def on_upstream_resume_writing(self) -> None: ...
     def flush(self) -> None: ...
@@ -87,14 +87,27 @@ class UpstreamConnection(asyncio.Protocol):
         if timeout:
             self._deadline.arm(timeout)
         else:
-            self._deadline.stop()
+            self._deadline.at = 0.0
+
+    def pause(self) -> None:
+        """The client is not keeping up: stop reading, and stop the read clock with it."""
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self._deadline.at = 0.0
+
+    def resume(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+        if self._read_timeout and self.owner is not None:
+            self._deadline.arm(self._read_timeout)
 
     def _timed_out(self) -> None:
         if self.owner is not None and not self.closed:
             self.owner.on_upstream_timeout()
 
     def detach(self) -> None:
-        self._deadline.stop()
+        self._deadline.at = 0.0
+        self._read_timeout = 0.0
         self.owner = None
         if self.parser is not None:
             self.parser.sink = _DISCARD
@@ -130,6 +143,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             owner.on_upstream_lost(f"invalid response from upstream: {e.reason}")
             return
+        if self.parser.stray:
+            # Bytes after the end of the response: the upstream is out of step with us.
+            self.close()
         if offset is not None:
             owner.on_upstream_upgrade(data[offset:])
         elif self.owner is owner:
@@ -147,7 +163,9 @@ class UpstreamConnection(asyncio.Protocol):
         owner = self.owner
         if owner is not None:
             self.owner = None
-            owner.on_upstream_lost(str(exc) if exc else "upstream closed the connection")
+            owner.on_upstream_lost(
+                str(exc) if exc else "upstream closed the connection", exc is None
+            )
 
     def pause_writing(self) -> None:
         if self.tunnel is not None:

@@ -129,7 +129,7 @@ CASES: list[tuple[str, bytes, int]] = [
     (
         "TE not ending in chunked",
         b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip\r\n\r\n",
-        400,
+        501,
     ),
     (
         "TE chunked then gzip",
@@ -200,6 +200,17 @@ CASES: list[tuple[str, bytes, int]] = [
     ),
     ("HTTP/2.0 in an HTTP/1 line", b"GET / HTTP/2.0\r\n" + H + b"\r\n", 505),
     ("HTTP/0.9", b"GET /\r\n\r\n", 400),
+    (
+        "upgrade with a body",
+        b"POST / HTTP/1.1\r\n" + H + b"Connection: upgrade\r\nUpgrade: foo\r\n"
+        b"Content-Length: 5\r\n\r\nGET /",
+        400,
+    ),
+    (
+        "gzip then chunked",
+        b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        501,
+    ),
     ("CONNECT to a reverse proxy", b"CONNECT example.test:443 HTTP/1.1\r\n" + H + b"\r\n", 405),
 ]
 

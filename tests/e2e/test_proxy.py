@@ -451,3 +451,64 @@ def test_bounded_response_buffer_frees_the_upstream_early(
     buffered = stalled("/buffered/x?size=20000000")
     assert unbuffered < 2_000, unbuffered  # kB: the default keeps little
     assert 2_500 < buffered < 12_000, buffered  # about 4 MiB held, and no more
+
+
+def test_connection_tokens_cannot_strip_framing_or_host(setup: tuple[str, Proc, Proc]) -> None:
+    base, _, _ = setup
+    port = int(base.rsplit(":", 1)[1])
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: internal\r\n\r\n"
+    out = raw(
+        port,
+        b"POST /a HTTP/1.1\r\nHost: x\r\nConnection: content-length, host\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(smuggled), smuggled),
+        until=b"}",
+    )
+    seen = json.loads(out.split(b"\r\n\r\n", 1)[1])
+    assert seen["path"] == "/a"
+    assert seen["body"] == smuggled.decode()  # the body stayed a body
+    assert seen["headers"]["content-length"] == str(len(smuggled))
+    assert seen["headers"]["host"] == "x"
+
+
+def test_absolute_form_target_sets_the_host_sent_upstream(setup: tuple[str, Proc, Proc]) -> None:
+    base, _, _ = setup
+    port = int(base.rsplit(":", 1)[1])
+    out = raw(port, b"GET http://public.test/a HTTP/1.1\r\nHost: internal.test\r\n\r\n", b"}")
+    seen = json.loads(out.split(b"\r\n\r\n", 1)[1])
+    assert seen["headers"]["host"] == "public.test"
+    assert seen["path"] == "/a"
+
+
+def test_forwarded_from_an_untrusted_client_is_dropped(setup: tuple[str, Proc, Proc]) -> None:
+    base, _, _ = setup
+    seen = httpx.get(base + "/f", headers={"Forwarded": "for=9.9.9.9"}).json()["headers"]
+    assert "forwarded" not in seen
+
+
+def test_connection_reads_on_after_an_early_error(
+    origin: Callable[..., Proc], ferryman: Callable[..., Proc]
+) -> None:
+    port = free_port()
+    ferryman(config(port, free_port()), port)  # the only upstream is down
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as c:
+        assert c.post("/p", content=b"q" * 100_000).status_code == 502
+        assert c.post("/p", content=b"q" * 10).status_code == 502  # same connection, answered
+
+
+def test_read_timeout_does_not_count_time_the_client_held_us(
+    setup: tuple[str, Proc, Proc],
+) -> None:
+    base, _, _ = setup
+    port = int(base.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        # /slowread/ has a 1 s read timeout; the client reads nothing for 2.5 s.
+        s.sendall(b"GET /slowread/big?size=20000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(2.5)
+        s.settimeout(5)
+        got = 0
+        while got < 20_000_000:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            got += len(chunk)
+    assert got > 20_000_000
