@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
 from ferryman.http.h1 import ParseError, ResponseHead, ResponseParser
@@ -49,6 +50,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_read_timeout",
         "closed",
         "idle_since",
+        "on_idle_close",
         "owner",
         "parser",
         "peer",
@@ -64,6 +66,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.parser: ResponseParser | None = None
         self.requests = 0
         self.idle_since = 0.0
+        self.on_idle_close: Callable[[UpstreamConnection], None] | None = None
         self.closed = False
         # Set when the connection has become a byte tunnel (WebSocket): data goes there.
         self.tunnel: Splice | None = None
@@ -166,6 +169,8 @@ class UpstreamConnection(asyncio.Protocol):
             owner.on_upstream_lost(
                 str(exc) if exc else "upstream closed the connection", exc is None
             )
+        elif self.on_idle_close is not None:
+            self.on_idle_close(self)  # an idle connection the upstream closed frees its slot
 
     def pause_writing(self) -> None:
         if self.tunnel is not None:

@@ -56,6 +56,7 @@ class Pool:
 
     async def connect(self, peer: Peer) -> UpstreamConnection:
         conn = await dial(peer, lambda: UpstreamConnection(peer), self.tls, self.server_name)
+        conn.on_idle_close = self._idle_closed
         self.active += 1
         return conn
 
@@ -77,6 +78,12 @@ class Pool:
         self.active -= 1
         conn.detach()
         conn.close()
+
+    def _idle_closed(self, conn: UpstreamConnection) -> None:
+        idle = self._idle.get(conn.peer)
+        if idle is not None and conn in idle:
+            idle.remove(conn)
+            self.idle_count -= 1
 
     def forget(self, conn: UpstreamConnection) -> None:
         """A lent connection that became a tunnel: no longer the pool's business."""
