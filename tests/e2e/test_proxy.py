@@ -512,3 +512,32 @@ def test_read_timeout_does_not_count_time_the_client_held_us(
                 break
             got += len(chunk)
     assert got > 20_000_000
+
+
+def test_access_log_to_a_file_with_a_template(
+    origin: Callable[..., Proc], ferryman: Callable[..., Proc], tmp_path: Path
+) -> None:
+    oport = free_port()
+    origin(oport, "app")
+    port = free_port()
+    log_path = tmp_path / "logs" / "access.log"
+    ferryman(
+        f"""
+workers: 1
+log:
+  access: {{path: "{log_path}", format: "$method $uri -> $upstream_addr $status $upstream_status"}}
+upstreams:
+  app: {{servers: [{{address: "127.0.0.1:{oport}"}}]}}
+servers:
+  - listen: ["127.0.0.1:{port}"]
+    routes:
+      - {{path: /, proxy: {{upstream: app}}}}
+""",
+        port,
+    )
+    httpx.get(f"http://127.0.0.1:{port}/logged?x=1")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not log_path.exists():
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert log_path.read_text() == f"GET /logged -> 127.0.0.1:{oport} 200 200\n"
