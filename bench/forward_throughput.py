@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -80,7 +81,16 @@ def run_source(port: int) -> None:
             if self.left:
                 return
             self.head += data
-            if b"\n" in self.head:
+            if self.head.startswith(b"GET /") and b"\r\n\r\n" in self.head:
+                # An HTTP client (curl): GET /<bytes> answers that many bytes.
+                self.left = int(self.head.split(b" ", 2)[1][1:])
+                assert self.transport is not None
+                self.transport.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                    % self.left
+                )
+                self.pump()
+            elif not self.head.startswith(b"G") and b"\n" in self.head:
                 self.left = int(self.head.split(b"\n", 1)[0])
                 self.pump()
 
@@ -139,6 +149,35 @@ def run_relay(port: int, target: int) -> None:
 
 
 # the proxy
+
+
+STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
+
+
+def start_nginx_stream(port: int, target: int) -> subprocess.Popen[bytes] | None:
+    """nginx's stream proxy as a relay written in C, when Debian's libnginx-mod-stream is
+    installed: what a relay pays on this machine with no Python at all."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not STREAM_MODULE.exists() or not os.path.exists(nginx):
+        return None
+    tmp = Path(tempfile.mkdtemp(prefix="ferryman-stream-"))
+    (tmp / "nginx.conf").write_text(
+        f"load_module {STREAM_MODULE};\n"
+        f"worker_processes 1;\nerror_log {tmp}/error.log;\npid {tmp}/nginx.pid;\n"
+        "events { worker_connections 1024; }\n"
+        f"stream {{ server {{ listen 127.0.0.1:{port}; proxy_pass 127.0.0.1:{target}; }} }}\n"
+    )
+    proc = subprocess.Popen(
+        [nginx, "-p", str(tmp), "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"]
+    )
+    wait_port(port)
+    return proc
+
+
+def worker_pid(master: int) -> int:
+    """nginx's first worker, whose CPU is the relay's."""
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return int(children[0]) if children else master
 
 
 def start_proxy(source_port: int, http_port: int, socks_port: int) -> subprocess.Popen[bytes]:
@@ -254,9 +293,11 @@ def singles(
     openers = {
         "direct": open_direct,
         "relay_floor": open_direct,
+        "nginx_stream": open_direct,
         "connect": open_connect,
         "socks5": open_socks,
     }
+    openers = {k: v for k, v in openers.items() if k in ports}
     runs: dict[str, list[tuple[float, float]]] = {k: [] for k in openers}
     for _ in range(rounds):
         for name, opener in openers.items():
@@ -273,11 +314,56 @@ def singles(
             "middle_cpu_s": round(cpu, 3),
             "middle_cpu_pct_of_core": round(100 * cpu / wall, 1),
         }
-    for name in ("relay_floor", "connect", "socks5"):
+    for name in ("relay_floor", "nginx_stream", "connect", "socks5"):
+        if name not in out:
+            continue
         out[name]["ratio_to_direct"] = round(
             out[name]["median_mib_s"] / out["direct"]["median_mib_s"], 3
         )
     return out
+
+
+def with_curl(
+    source: int, http_port: int, socks_port: int, size: int, rounds: int
+) -> dict[str, object]:
+    """The same download by curl, a client that does something with what it reads, as
+    users' clients do: direct, through CONNECT (``-p -x``) and through SOCKS5."""
+    url = f"http://127.0.0.1:{source}/{size}"
+    ways = {
+        "direct": [],
+        "connect": ["-p", "-x", f"http://127.0.0.1:{http_port}"],
+        "socks5": ["--socks5-hostname", f"127.0.0.1:{socks_port}"],
+    }
+    times: dict[str, list[float]] = {k: [] for k in ways}
+    for _ in range(rounds):
+        for name, extra in ways.items():
+            out = subprocess.run(
+                [
+                    "curl",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{time_total} %{size_download}",
+                    *extra,
+                    url,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
+            if int(float(out[1])) != size:
+                raise RuntimeError(f"curl {name}: got {out[1]} of {size} bytes")
+            times[name].append(float(out[0]))
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    return {
+        name: {
+            "median_seconds": round(med[name], 3),
+            "median_mib_s": round(size / med[name] / (1 << 20), 1),
+            "ratio_to_direct": round(med["direct"] / med[name], 3),
+        }
+        for name in ways
+    }
 
 
 # many tunnels at once (asyncio client)
@@ -351,6 +437,7 @@ def main() -> None:
     source = subprocess.Popen([sys.executable, __file__, "--source", str(source_port)])
     relay = subprocess.Popen([sys.executable, __file__, "--relay", f"{relay_port}:{source_port}"])
     proxy: subprocess.Popen[bytes] | None = None
+    stream: subprocess.Popen[bytes] | None = None
     try:
         wait_port(source_port)
         wait_port(relay_port)
@@ -361,8 +448,15 @@ def main() -> None:
         ports = {"direct": source_port, "relay_floor": relay_port}
         ports.update(connect=http_port, socks5=socks_port)
         pids = {"direct": pid, "relay_floor": relay.pid, "connect": pid, "socks5": pid}
+        stream_port = free_port()
+        stream = start_nginx_stream(stream_port, source_port)
+        if stream is not None:
+            ports["nginx_stream"] = stream_port
+            pids["nginx_stream"] = worker_pid(stream.pid)
         results.update(singles(ports, source_port, size, pids, args.rounds))
         results["proxy_rss_after_single_kib"] = memory(pid)[0]
+        if shutil.which("curl"):
+            results["curl"] = with_curl(source_port, http_port, socks_port, size, args.rounds)
         import uvloop
 
         for kind, port in (("connect", http_port), ("socks5", socks_port)):
@@ -377,7 +471,7 @@ def main() -> None:
         out.parent.mkdir(exist_ok=True)
         out.write_text(json.dumps(results, indent=2) + "\n")
     finally:
-        for p in (proxy, relay, source):
+        for p in (proxy, relay, source, stream):
             if p is not None:
                 p.terminate()
                 try:
