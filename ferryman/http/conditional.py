@@ -110,10 +110,19 @@ def if_range_allows(value: bytes, etag: bytes | None, mtime: int | None) -> bool
 Ranges = list[tuple[int, int]]
 
 
+# A bound longer than this is past the end of any file (and int() refuses over 4300 digits).
+_MAX_DIGITS = 18
+
+
+def _bound(digits: bytes) -> int:
+    return int(digits) if len(digits) <= _MAX_DIGITS else 10**_MAX_DIGITS
+
+
 def parse_range(value: bytes, size: int) -> Ranges | None:
     """The byte ranges ``value`` asks for, as (first, last) inclusive pairs clipped to
-    ``size``. None means "ignore the header and send the whole file" (not bytes, malformed,
-    too many ranges); an empty list means none is satisfiable (416)."""
+    ``size``, sorted, overlapping and adjacent ones merged. None means "ignore the header
+    and send the whole file" (not bytes, malformed, too many ranges, or ranges that together
+    ask for more than the file); an empty list means none is satisfiable (416)."""
     unit, eq, spec = value.partition(b"=")
     if not eq or unit.strip().lower() != b"bytes":
         return None
@@ -131,19 +140,31 @@ def parse_range(value: bytes, size: int) -> Ranges | None:
         if not first_s:
             if not last_s:
                 return None
-            suffix = int(last_s)  # the last N bytes
+            suffix = _bound(last_s)  # the last N bytes
             if suffix == 0 or size == 0:
                 continue
             ranges.append((max(0, size - suffix), size - 1))
             continue
-        first = int(first_s)
-        if last_s and int(last_s) < first:
+        first = _bound(first_s)
+        if last_s and _bound(last_s) < first:
             return None
         if first >= size:
             continue
-        last = int(last_s) if last_s else size - 1
+        last = _bound(last_s) if last_s else size - 1
         ranges.append((first, min(last, size - 1)))
-    return ranges
+    if len(ranges) < 2:
+        return ranges
+    if sum(last - first + 1 for first, last in ranges) > size:
+        return None  # more bytes than the file: it is cheaper sent whole
+    ranges.sort()
+    merged: Ranges = [ranges[0]]
+    for first, last in ranges[1:]:
+        prev_first, prev_last = merged[-1]
+        if first <= prev_last + 1:
+            merged[-1] = (prev_first, max(prev_last, last))
+        else:
+            merged.append((first, last))
+    return merged
 
 
 def content_range(first: int, last: int, size: int) -> bytes:

@@ -87,6 +87,16 @@ def test_dates_ignored_without_last_modified() -> None:
         (b"items=0-1", None),
         (b"bytes=-", None),
         (b"bytes=" + b",".join([b"0-1"] * (MAX_RANGES + 1)), None),
+        # Overlapping and adjacent ranges are merged, in order.
+        (b"bytes=10-19,0-9,15-30,50-60", [(0, 30), (50, 60)]),
+        (b"bytes=0-10,5-20,-1", [(0, 20), (999, 999)]),
+        # Ranges that together ask for more than the file: sent whole.
+        (b"bytes=" + b",".join([b"0-"] * MAX_RANGES), None),
+        (b"bytes=0-600,100-700", None),
+        # Bounds too long for int(): past the end of any file, never an exception.
+        (b"bytes=0-" + b"9" * 5000, [(0, 999)]),
+        (b"bytes=" + b"9" * 5000 + b"-", []),
+        (b"bytes=-" + b"9" * 5000, [(0, 999)]),
     ],
 )
 def test_ranges(value: bytes, ranges: list[tuple[int, int]] | None) -> None:
