@@ -226,7 +226,9 @@ class Dialer:
                         addrs, port, Outbound, self.resolver.happy_eyeballs_delay
                     )
                     peer = conn.transport.get_extra_info("peername") if conn.transport else None
-                    return conn, b"", f"{peer[0]}:{peer[1]}" if peer else what
+                    # A server that speaks first (a banner) may already have sent bytes.
+                    where = f"{peer[0]}:{peer[1]}" if peer else what
+                    return conn, conn.take_buffered(), where
                 conn = await self._to_parent(parent)
                 if parent.kind == "http":
                     rest = await http_connect(conn, host, port, parent)
