@@ -3,8 +3,8 @@
 Fields: time, client address and port, user, protocol, method, destination (``host:port``),
 target (the URL of a plain HTTP request), status, bytes
 from the client (``up``) and to it (``down``), duration, the address actually connected to,
-and the reason for a refusal. ``text`` writes ``key=value`` pairs (values with spaces are
-quoted), ``json`` one JSON object per line.
+and the reason for a refusal. ``text`` writes ``key=value`` pairs (a value with spaces,
+quotes or control characters is written as a JSON string), ``json`` one JSON object per line.
 """
 
 from __future__ import annotations
@@ -42,12 +42,21 @@ def record(ctx: RequestContext) -> dict[str, Any]:
     }
 
 
+def _needs_quotes(s: str) -> bool:
+    return not s or any(c in ' "=\\' or not c.isprintable() for c in s)
+
+
 def text_line(rec: dict[str, Any]) -> str:
+    """``key=value`` pairs; a value that is empty or holds a space, quote, equals sign,
+    backslash or any control character is written as a JSON string, so every control
+    character (CR, LF, ESC...) is escaped and one record stays one line."""
     parts = []
     for k, v in rec.items():
         s = str(v)
-        if not s or any(c in s for c in ' "='):
-            s = json.dumps(s)
+        if _needs_quotes(s):
+            s = json.dumps(s, ensure_ascii=False)
+            # json.dumps leaves U+2028/U+2029 and C1 controls as they are.
+            s = "".join(c if c.isprintable() or c in ' ' else f"\\u{ord(c):04x}" for c in s)
         parts.append(f"{k}={s}")
     return " ".join(parts)
 

@@ -22,3 +22,17 @@ def test_text_and_json_fields() -> None:
     assert 'reason="blocked \\"here\\""' in line
     assert " dest=a.test:80 " in line and line.startswith("time=")
     assert json.loads(json.dumps(rec))["reason"] == 'blocked "here"'
+
+
+def test_text_line_escapes_control_characters() -> None:
+    ctx = RequestContext("127.0.0.1", 50000, 3128, "http", "GET", b"", "1.1", [], "a.test:80")
+    ctx.user = "mallory\ncarol"
+    ctx.error = "tab\there\rbell\x07del\x7fsep\u2028"
+    assert "\n" not in text_line({"user": "a\nb"})
+    line = text_line(record(ctx))
+    assert line.isprintable()  # one record, one line: no CR, LF or other control characters
+    assert 'user="mallory\\ncarol"' in line
+    assert 'reason="tab\\there\\rbell\\u0007del\\u007fsep\\u2028"' in line
+    assert text_line({"k": "a\\b"}) == 'k="a\\\\b"'
+    rest = line.split(" reason=", 1)[1]
+    assert json.loads(rest) == ctx.error  # the quoted value is a JSON string
