@@ -72,6 +72,7 @@ class ProxyExchange:
         "_conn",
         "_counted",
         "_deadline",
+        "_declared",
         "_downstream",
         "_eof_ends",
         "_finished",
@@ -118,7 +119,13 @@ class ProxyExchange:
             self._deadline = time.monotonic() + group.retry.timeout
 
         self._upgrade = ctx.state.get("upgrade") if route.websocket else None
-        self._chunked_body = get(ctx.headers, b"transfer-encoding") is not None
+        self._chunked_body = False
+        self._declared = -1  # the request's Content-Length, when it has one
+        for name, value in ctx.headers:
+            if name == b"transfer-encoding":
+                self._chunked_body = True
+            elif name == b"content-length":
+                self._declared = int(value) if value.isdigit() else -2  # -2 never matches
         self._headers: HeaderList | None = None
         self._head = b""
         self._body_filters: tuple[BodyFilter, ...] = ()
@@ -285,7 +292,10 @@ class ProxyExchange:
     def on_response_end(self, keep_alive: bool) -> None:
         if not self._started:
             return  # a retried response's end; that connection is already closed
-        self._end_try(reuse=keep_alive and self._sent_all)
+        # Reused only if the upstream got exactly the body its request announced: anything
+        # else would leave it reading our next request as the rest of this one.
+        whole = self._declared == -1 or self._declared == self._body_size
+        self._end_try(reuse=keep_alive and self._sent_all and whole)
         self._complete()
 
     def flush(self) -> None:

@@ -395,6 +395,9 @@ class H1Connection(asyncio.Protocol):
         ctx.status = status
         self._started = True
         if length is None and status not in _BODYLESS and ctx.method != "HEAD":
+            # An unknown length is framed here; a stale Content-Length beside it would make
+            # the message ambiguous to whatever reads it next.
+            headers[:] = [h for h in headers if h[0] != b"content-length"]
             if ctx.version == "1.1":
                 self._chunked = True
                 headers.append((b"transfer-encoding", b"chunked"))
