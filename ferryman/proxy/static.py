@@ -273,7 +273,16 @@ class StaticFiles:
             return None
         if total <= SMALL_FILE:
             try:
-                data = b"".join(p + os.pread(fd, n, off) for p, off, n in segments) + trailer
+                parts = []
+                for prefix, offset, count in segments:
+                    chunk = os.pread(fd, count, offset)
+                    if len(chunk) != count:
+                        # The file shrank since fstat: the length is sent already, and a
+                        # short body would leave the client's next response out of step.
+                        downstream.abort("the file is shorter than its size said")
+                        return None
+                    parts += (prefix, chunk)
+                data = b"".join(parts) + trailer
             finally:
                 os.close(fd)
             for method in filters:
@@ -347,6 +356,12 @@ class FileSender:
             if not self._done:
                 self._done = True
                 self.downstream.abort(f"sending a file failed: {e}")
+        except Exception as e:
+            # A body filter that fails must not leave the response hanging unfinished.
+            log.exception("sending a file failed")
+            if not self._done:
+                self._done = True
+                self.downstream.abort(f"sending a file failed: {e!r}")
         finally:
             os.close(self.fd)
 

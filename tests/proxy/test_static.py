@@ -108,3 +108,86 @@ def test_relative_directory_is_read_beside_the_config(tmp_path: Path) -> None:
 def test_static_needs_one_directory() -> None:
     with pytest.raises(ValueError, match="exactly one of 'root' or 'alias'"):
         StaticHandler.model_validate({"root": "/a", "alias": "/b"})
+
+
+class Recorder:
+    """A downstream that records what a handler does with it."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.length: int | None = None
+        self.body = b""
+
+    def start_response(
+        self, status: int, headers: list[tuple[bytes, bytes]], length: int | None
+    ) -> None:
+        self.calls.append(f"start {status}")
+        self.length = length
+
+    def write(self, data: bytes) -> None:
+        self.body += data
+
+    def flush(self) -> None:
+        pass
+
+    async def send_file(self, fd: int, offset: int, count: int) -> bool:
+        return False
+
+    def finish(self) -> None:
+        self.calls.append("finish")
+
+    def abort(self, reason: str) -> None:
+        self.calls.append("abort")
+
+    def error(self, status: int, message: str) -> None:
+        self.calls.append(f"error {status}")
+
+    def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self.calls.append(f"respond {status}")
+
+
+def test_a_small_file_that_shrinks_is_aborted(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ferryman.context import RequestContext
+
+    page = tree / "page.html"
+    page.write_bytes(b"x" * 1000)
+    real_fstat = os.fstat
+
+    def fstat_then_truncate(fd: int) -> os.stat_result:
+        st = real_fstat(fd)
+        if st.st_size == 1000:
+            page.write_bytes(b"x" * 400)  # shrinks between the length and the read
+        return st
+
+    monkeypatch.setattr(os, "fstat", fstat_then_truncate)
+    ctx = RequestContext("127.0.0.1", 5000, 80, "http", "GET", b"/static/page.html", "1.1", [], "x")
+    down = Recorder()
+    handler(alias=str(tree)).start(ctx, down)  # type: ignore[arg-type]
+    assert down.length == 1000
+    assert down.calls == ["start 200", "abort"]  # never a short body on a kept connection
+
+
+def test_a_failing_body_filter_aborts_a_streamed_file(tree: Path) -> None:
+    import asyncio
+
+    from ferryman.context import RequestContext
+    from ferryman.proxy.static import FileSender
+
+    big = tree / "big.bin"
+    big.write_bytes(b"y" * 200_000)
+
+    def broken(ctx: RequestContext, data: bytes, last: bool) -> bytes:
+        raise RuntimeError("filter bug")
+
+    async def run() -> Recorder:
+        ctx = RequestContext("127.0.0.1", 5000, 80, "http", "GET", b"/big.bin", "1.1", [], "x")
+        down = Recorder()
+        fd = os.open(big, os.O_RDONLY)
+        FileSender(ctx, down, fd, [(b"", 0, 200_000)], b"", (broken,), False)  # type: ignore[arg-type]
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+            if down.calls:
+                break
+        return down
+
+    assert asyncio.run(run()).calls == ["abort"]
