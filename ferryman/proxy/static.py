@@ -273,7 +273,7 @@ class StaticFiles:
             return None
         if total <= SMALL_FILE:
             try:
-                parts = []
+                parts: list[bytes] = []
                 for prefix, offset, count in segments:
                     chunk = os.pread(fd, count, offset)
                     if len(chunk) != count:
