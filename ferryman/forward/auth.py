@@ -7,8 +7,11 @@ with every request, so a successful check is remembered for ``cache_ttl`` as an 
 password under a key made at start-up; a later request is compared against it in constant
 time and costs microseconds. Checks run in a thread so the event loop never waits on bcrypt.
 
-An unknown user is checked against a dummy hash of the same cost, so timing does not tell
-which names exist. The htpasswd file is read again when its modification time changes.
+An unknown user is checked against a dummy hash of the same kind and cost as the costliest
+configured one, so timing does not tell which names exist. Names and passwords longer than
+:data:`MAX_CREDENTIAL` bytes are refused before any hashing (SHA-crypt's work grows with
+the square of the password's length). The htpasswd file is read again when its
+modification time changes.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from ferryman.forward import shacrypt
 
 _SUPPORTED = ("$2a$", "$2b$", "$2y$", "$5$", "$6$")
 _RECHECK_FILE = 2.0  # seconds between stat() calls on the htpasswd file
+MAX_CREDENTIAL = 256  # bytes of a user name or password; longer ones fail without a check
 
 
 class AuthConfigError(ValueError):
@@ -79,6 +83,10 @@ def read_htpasswd(path: str) -> dict[str, str]:
     return users
 
 
+def too_long(value: str) -> bool:
+    return len(value) > MAX_CREDENTIAL or len(value.encode("utf-8")) > MAX_CREDENTIAL
+
+
 def verify_hash(password: str, hashed: str) -> bool:
     """Constant-time check of ``password`` against one supported hash."""
     secret = password.encode("utf-8")
@@ -90,7 +98,38 @@ def verify_hash(password: str, hashed: str) -> bool:
     return shacrypt.verify(secret, hashed)
 
 
-_DUMMY_BCRYPT = bcrypt.hashpw(b"ferryman-dummy", bcrypt.gensalt(rounds=10)).decode()
+_DUMMY_SECRET = b"ferryman-dummy"
+
+
+def _cost(hashed: str) -> tuple[float, str]:
+    """A rough cost (in SHA-512-round units) of checking ``hashed``, and its kind."""
+    if hashed.startswith("$2"):
+        try:
+            rounds = int(hashed[4:6])
+        except ValueError:
+            rounds = 10
+        # bcrypt cost 10 takes about as long as 100,000 rounds of SHA-512 crypt here.
+        return 100.0 * 2**rounds, f"$2b${rounds:02d}"
+    rounds = shacrypt.ROUNDS_DEFAULT
+    rest = hashed[3:]
+    if rest.startswith("rounds="):
+        spec = rest[7:].partition("$")[0]
+        if spec.isdigit():
+            rounds = min(max(int(spec), 1000), 999_999_999)
+    return float(rounds), f"{hashed[:3]}rounds={rounds}$"
+
+
+def dummy_kind(hashes: list[str]) -> str:
+    """The kind and cost (``$2b$12``, ``$6$rounds=5000$``) of the costliest of ``hashes``."""
+    return max(_cost(h) for h in hashes)[1] if hashes else "$2b$10"
+
+
+def dummy_hash(kind: str) -> str:
+    """A hash of ``kind`` (as :func:`dummy_kind` says) for checking unknown users against."""
+    if kind.startswith("$2"):
+        return bcrypt.hashpw(_DUMMY_SECRET, bcrypt.gensalt(rounds=int(kind[4:6]))).decode()
+    salt = base64.b64encode(os.urandom(12), b"./").decode()
+    return shacrypt.sha_crypt(_DUMMY_SECRET, f"{kind}{salt}")
 
 
 class Authenticator:
@@ -119,6 +158,8 @@ class Authenticator:
         self._key = os.urandom(32)
         self._cache: dict[str, tuple[bytes, float]] = {}
         self._checks = asyncio.Semaphore(4)  # bounds the CPU a flood of bad passwords takes
+        self._dummy = ""
+        self._dummy_kind = ""
 
     def groups(self, user: str) -> frozenset[str]:
         return self._groups.get(user, frozenset())
@@ -144,6 +185,15 @@ class Authenticator:
         except (OSError, AuthConfigError):
             pass  # keep the users we have; a half-written file must not lock everyone out
 
+    def dummy(self) -> str:
+        """The hash an unknown user's password is checked against: the kind and cost of
+        the costliest configured hash (made again when that changes)."""
+        kind = dummy_kind(list(self.users.values()))
+        if kind != self._dummy_kind:
+            self._dummy = dummy_hash(kind)
+            self._dummy_kind = kind
+        return self._dummy
+
     def _mac(self, user: str, password: str) -> bytes:
         msg = user.encode("utf-8") + b"\0" + password.encode("utf-8")
         return hmac.new(self._key, msg, hashlib.sha256).digest()
@@ -161,13 +211,16 @@ class Authenticator:
         return hmac.compare_digest(mac, self._mac(user, password))
 
     async def verify(self, user: str, password: str) -> bool:
+        if too_long(user) or too_long(password):
+            return False  # refused before any hashing: the work grows with the length
         if self.cached(user, password):
             return True
         hashed = self.users.get(user)
+        dummy = self.dummy() if hashed is None else ""
         async with self._checks:
             loop = asyncio.get_running_loop()
             if hashed is None:
-                await loop.run_in_executor(None, verify_hash, password, _DUMMY_BCRYPT)
+                await loop.run_in_executor(None, verify_hash, password, dummy)
                 return False
             ok = await loop.run_in_executor(None, verify_hash, password, hashed)
         if ok:

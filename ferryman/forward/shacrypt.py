@@ -58,7 +58,7 @@ def _repeat(block: bytes, length: int) -> bytes:
 def sha_crypt(password: bytes, setting: str) -> str:
     """The crypt string of ``password`` for ``setting`` (``$5$[rounds=N$]salt[$...]``)."""
     if setting.startswith("$5$"):
-        new: Callable[[bytes], hashlib._Hash] = hashlib.sha256
+        new: Callable[..., hashlib._Hash] = hashlib.sha256
         size, prefix = 32, "$5$"
     elif setting.startswith("$6$"):
         new, size, prefix = hashlib.sha512, 64, "$6$"
@@ -83,7 +83,10 @@ def sha_crypt(password: bytes, setting: str) -> str:
         ctx.update(b if n & 1 else p)
         n >>= 1
     a = ctx.digest()
-    p_bytes = _repeat(new(p * len(p)).digest(), len(p))
+    dp = new()
+    for _ in range(len(p)):  # the specification's p * len(p), hashed without building it
+        dp.update(p)
+    p_bytes = _repeat(dp.digest(), len(p))
     s_bytes = _repeat(new(salt * (16 + a[0])).digest(), len(salt))
 
     c = a

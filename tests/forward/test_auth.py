@@ -119,3 +119,75 @@ def test_authenticator_caches_and_reloads(tmp_path: Path) -> None:
         assert await auth.verify("alice", "looking-glass")
 
     asyncio.run(run())
+
+
+def test_overlong_credentials_fail_without_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    long_password = "p" * 300
+    hashed = shacrypt.sha_crypt(long_password.encode(), "$6$rounds=1000$longpw")
+    auth = Authenticator(ForwardAuth(users={"bob": ForwardUser(password=hashed)}))
+    calls: list[str] = []
+
+    def spy(password: str, h: str) -> bool:
+        calls.append(h)
+        return verify_hash(password, h)
+
+    monkeypatch.setattr("ferryman.forward.auth.verify_hash", spy)
+    assert not asyncio.run(auth.verify("bob", long_password))  # over 256 bytes: refused
+    assert not asyncio.run(auth.verify("u" * 257, "x"))
+    assert not asyncio.run(auth.verify("bob", "é" * 129))  # 258 bytes in UTF-8
+    assert calls == []
+    ok = shacrypt.sha_crypt(b"q" * 256, "$6$rounds=1000$longpw")
+    auth = Authenticator(ForwardAuth(users={"bob": ForwardUser(password=ok)}))
+    assert asyncio.run(auth.verify("bob", "q" * 256))  # the limit itself is fine
+
+
+def test_sha_crypt_does_not_build_the_repeated_password() -> None:
+    import tracemalloc
+
+    password = b"x" * 3000  # p * len(p) would be 9 MB
+    tracemalloc.start()
+    try:
+        shacrypt.sha_crypt(password, "$5$rounds=1000$memsalt")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000
+    # Still the specification's answer (the same as glibc and openssl give).
+    hashed = subprocess.run(
+        ["openssl", "passwd", "-5", "-salt", "memsalt", "y" * 256],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert shacrypt.verify(b"y" * 256, hashed)
+
+
+@pytest.mark.parametrize(
+    "hashes, kind",
+    [
+        ([shacrypt.sha_crypt(b"a", "$6$rounds=1000$s1")], "$6$rounds=1000$"),
+        ([shacrypt.sha_crypt(b"a", "$5$s2")], "$5$rounds=5000$"),
+        (
+            [shacrypt.sha_crypt(b"a", "$6$s3"), bcrypt.hashpw(b"a", bcrypt.gensalt(6)).decode()],
+            "$2b$06",
+        ),
+    ],
+)
+def test_unknown_users_are_checked_like_the_configured_ones(
+    monkeypatch: pytest.MonkeyPatch, hashes: list[str], kind: str
+) -> None:
+    users = {f"u{i}": ForwardUser(password=h) for i, h in enumerate(hashes)}
+    auth = Authenticator(ForwardAuth(users=users))
+    seen: list[str] = []
+
+    def spy(password: str, h: str) -> bool:
+        seen.append(h)
+        return verify_hash(password, h)
+
+    monkeypatch.setattr("ferryman.forward.auth.verify_hash", spy)
+    assert not asyncio.run(auth.verify("nobody", "guess"))
+    [dummy] = seen
+    if kind.startswith("$2"):
+        assert dummy.startswith(("$2a$" + kind[4:], "$2b$" + kind[4:]))
+    else:
+        assert dummy.startswith(kind) and dummy != hashes[0]
