@@ -28,7 +28,7 @@ class _Edits:
     def apply(self, headers: HeaderList) -> None:
         if self.drop:
             drop = self.drop
-            headers[:] = [(k, v) for k, v in headers if k not in drop]
+            headers[:] = [h for h in headers if h[0] not in drop]
         headers.extend(self.set)
         headers.extend(self.add)
 
