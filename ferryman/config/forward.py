@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
@@ -27,19 +28,80 @@ from ferryman.config.base import Duration
 from ferryman.config.base import Model as _Model
 from ferryman.config.base import parse_hostport as _hostport
 
+# A host name as it travels in HTTP: ASCII labels (IDNs in punycode), lower case.
+HOSTNAME = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?:\.(?!-)[a-z0-9_-]{1,63})*$")
+
+
+def ascii_name(name: str) -> str | None:
+    """``name`` as every rule, table and lookup compares it: ASCII with IDN labels in
+    punycode (``bücher.test`` is ``xn--bcher-kva.test``), lower case, no trailing dot.
+    None when it is not a host name (CR, LF, spaces, ``:``, ``%``, empty labels...)."""
+    if name.endswith("."):
+        name = name[:-1]
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
+    name = name.lower()
+    if len(name) > 253 or not HOSTNAME.match(name):
+        return None
+    return name
+
+
+def target_host(text: str) -> str | None:
+    """A request's destination host (without brackets) in the one spelling the rules see:
+    an IP address as ``ipaddress`` writes it, or :func:`ascii_name`. None when it is
+    neither; IPv6 zone ids (``fe80::1%eth0``) are refused, not dropped."""
+    if ":" in text:
+        if "%" in text:
+            return None
+        try:
+            return str(ipaddress.IPv6Address(text))
+        except ValueError:
+            return None
+    return ascii_name(text)
+
+
+def _ip_literal(text: str) -> bool:
+    """Whether ``text`` names an address rather than a host: a dotted quad, an IPv6
+    address, or a spelling ``getaddrinfo`` reads as IPv4 (``2130706433``, ``127.1``,
+    ``0x7f.1``)."""
+    text = text.strip("[]")
+    if ":" in text:
+        return True
+    try:
+        socket.inet_aton(text)
+    except OSError:
+        return False
+    return True
+
 
 def check_domain_pattern(pattern: str) -> str:
     """``host.test`` (exact), ``.host.test`` (it and below), ``*.host.test`` (below only),
-    ``*`` (any) or ``re:REGEX`` (searched in the lower-cased name)."""
+    ``*`` (any) or ``re:REGEX`` (searched in the lower-cased ASCII name). Names are
+    compared in ASCII, so an IDN here is turned into punycode. An IP address is refused:
+    it has other spellings, and a network condition is the way to name it."""
     if pattern.startswith("re:"):
         try:
             re.compile(pattern[3:])
         except re.error as e:
             raise ValueError(f"{pattern!r}: bad regex: {e}") from None
         return pattern
-    if not pattern or " " in pattern:
+    if pattern == "*":
+        return pattern
+    prefix = "*." if pattern.startswith("*.") else "." if pattern.startswith(".") else ""
+    if not prefix and _ip_literal(pattern):
+        raise ValueError(
+            f"{pattern!r} is an IP address, which domain patterns cannot match reliably "
+            "(127.0.0.1 is also 127.1, 2130706433, ::ffff:127.0.0.1); use a network "
+            "condition instead: 'destinations' in a rule, 'allow_destinations' for the "
+            "address policy"
+        )
+    name = ascii_name(pattern[len(prefix) :])
+    if name is None:
         raise ValueError(f"{pattern!r} is not a domain pattern")
-    return pattern.lower()
+    return prefix + name
 
 
 def _networks(values: list[str]) -> list[str]:
@@ -295,7 +357,14 @@ class Forward(_Model):
                     ipaddress.ip_address(a)
                 except ValueError:
                     raise ValueError(f"{name}: {a!r} is not an IP address") from None
-        return {k.lower(): a for k, a in v.items()}
+        out: dict[str, list[str]] = {}
+        for name, addrs in v.items():
+            prefix = "*." if name.startswith("*.") else ""
+            ascii = ascii_name(name[len(prefix) :])
+            if ascii is None:
+                raise ValueError(f"{name!r} is not a host name")
+            out[prefix + ascii] = addrs
+        return out
 
     @field_validator("connect_ports")
     @classmethod

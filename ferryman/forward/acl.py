@@ -16,7 +16,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 
-from ferryman.config.forward import ForwardRule
+from ferryman.config.forward import ForwardRule, ascii_name
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -74,7 +74,7 @@ class DomainSet:
         return self.any or bool(self.exact or self.suffixes or self.regexes)
 
     def match(self, host: str) -> bool:
-        host = host.lower().rstrip(".")
+        host = ascii_name(host) or host.lower().rstrip(".")
         if self.any or host in self.exact:
             return True
         if self.suffixes and host.endswith(self.suffixes):

@@ -13,8 +13,9 @@ import base64
 from collections.abc import Sequence
 from typing import Protocol
 
-from ferryman.config.forward import ChainRule, Parent, parse_parent
+from ferryman.config.forward import ChainRule, Parent, parse_parent, target_host
 from ferryman.forward.acl import (
+    SOCKS_ADDRESS_NOT_SUPPORTED,
     SOCKS_GENERAL_FAILURE,
     SOCKS_NOT_ALLOWED,
     DomainSet,
@@ -57,7 +58,9 @@ def basic_credentials(user: str, password: str) -> bytes:
 
 async def http_connect(stream: Stream, host: str, port: int, parent: Parent) -> bytes:
     """Open a tunnel through an HTTP parent with CONNECT; returns bytes after its answer."""
-    target = authority(host, port).encode("idna")
+    if target_host(host) != host:  # the entry points allow nothing else; CR/LF never pass
+        raise Refused(400, f"bad destination host {host!r}", SOCKS_ADDRESS_NOT_SUPPORTED)
+    target = authority(host, port).encode("ascii")
     head = b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n" % (target, target)
     if parent.user:
         head += b"Proxy-Authorization: " + basic_credentials(parent.user, parent.password)

@@ -22,11 +22,10 @@ is logged by the listener's access log with the user, destination, bytes and dur
 from __future__ import annotations
 
 import logging
-import re
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
-from ferryman.config.forward import Parent
+from ferryman.config.forward import Parent, target_host
 from ferryman.config.schema import (
     ProxyHandler,
     Retry,
@@ -176,14 +175,10 @@ def parse_authority(value: bytes, default_port: int | None = None) -> tuple[str,
         port = int(port_s)
     else:
         raise Refused(400, "bad port in the request target")
-    host = host.lower().rstrip(".")
-    if not (_HOSTNAME.match(host) or (":" in host and parse_ip(host) is not None)):
+    normal = target_host(host)
+    if normal is None:
         raise Refused(400, "bad host in the request target")
-    return host, port
-
-
-# Names as they travel in HTTP (IDNs already in punycode), and IPv4 addresses.
-_HOSTNAME = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?:\.(?!-)[a-z0-9_-]{1,63})*$")
+    return normal, port
 
 
 class ForwardHttp:

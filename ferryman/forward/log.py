@@ -56,7 +56,7 @@ def text_line(rec: dict[str, Any]) -> str:
         if _needs_quotes(s):
             s = json.dumps(s, ensure_ascii=False)
             # json.dumps leaves U+2028/U+2029 and C1 controls as they are.
-            s = "".join(c if c.isprintable() or c in ' ' else f"\\u{ord(c):04x}" for c in s)
+            s = "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in s)
         parts.append(f"{k}={s}")
     return " ".join(parts)
 

@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
-from ferryman.config.forward import Dns
+from ferryman.config.forward import Dns, ascii_name
 from ferryman.forward.acl import IPAddress, parse_ip
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
@@ -45,7 +45,7 @@ class HostsTable:
         self.wildcards = sorted(wildcards, key=lambda w: -len(w[0]))
 
     def lookup(self, host: str) -> list[IPAddress] | None:
-        host = host.lower().rstrip(".")
+        host = ascii_name(host) or host.lower().rstrip(".")
         found = self.exact.get(host)
         if found is not None:
             return found

@@ -26,6 +26,8 @@ from __future__ import annotations
 import ipaddress
 import struct
 
+from ferryman.config.forward import target_host
+
 VERSION = 5
 NO_AUTH = 0x00
 USER_PASS = 0x02
@@ -113,6 +115,19 @@ def encode_address(host: str, port: int) -> bytes:
     return bytes([atyp]) + ip.packed + struct.pack("!H", port)
 
 
+def _name(raw: bytes) -> str:
+    """A destination name sent by a client, in the spelling HTTP uses (ASCII, punycode,
+    lower case); ValueError unless it is a valid host name or IP address."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("a domain name that does not decode") from None
+    host = target_host(text)
+    if host is None:
+        raise ValueError("not a host name")
+    return host
+
+
 def _decode_address(buf: bytes | bytearray, at: int) -> tuple[str, int, bool, int] | None:
     """(host, port, is_name, end) of the address at ``buf[at]``; None if incomplete.
     Raises ValueError for an unknown address type."""
@@ -138,10 +153,7 @@ def _decode_address(buf: bytes | bytearray, at: int) -> tuple[str, int, bool, in
         end = at + 2 + n + 2
         if len(buf) < end:
             return None
-        try:
-            host = bytes(buf[at + 2 : at + 2 + n]).decode("idna")
-        except UnicodeError:
-            raise ValueError("a domain name that does not decode") from None
+        host = _name(bytes(buf[at + 2 : at + 2 + n]))
         is_name = True
     else:
         raise ValueError(f"address type {atyp}")
@@ -262,9 +274,9 @@ class ServerMachine:
             if host_end < 0:
                 return None if len(buf) < 1024 else Failure("SOCKS4a name too long", _S4_REJECT)
             try:
-                host = bytes(buf[end:host_end]).decode("idna")
-            except UnicodeError:
-                return Failure("SOCKS4a name does not decode", _S4_REJECT)
+                host = _name(bytes(buf[end:host_end]))
+            except ValueError:
+                return Failure("SOCKS4a name is not a host name", _S4_REJECT)
             end = host_end + 1
             is_name = True
         else:

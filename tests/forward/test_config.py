@@ -78,3 +78,28 @@ def test_pac_script() -> None:
     assert "::1" not in script
     assert 'new RegExp("^x")' in script
     assert script.rstrip().endswith('return "PROXY 127.0.0.1:3128";\n}')
+
+
+def test_idn_names_in_the_config_are_kept_in_ascii() -> None:
+    config = parse_config(
+        "forward:\n  listen: ['127.0.0.1:3128']\n"
+        "  hosts: {'Bücher.test': [127.0.0.1], '*.Straße.test': ['::1']}\n"
+        "  rules: [{action: deny, domains: ['.bücher.test', '*.STRASSE.test', 'XN--X.test']}]\n"
+        "  chain: [{match: ['bücher.test'], via: direct}]\n"
+    )
+    fwd = config.forward
+    assert fwd is not None
+    assert list(fwd.hosts) == ["xn--bcher-kva.test", "*.strasse.test"]
+    assert fwd.rules[0].domains == [".xn--bcher-kva.test", "*.strasse.test", "xn--x.test"]
+    assert fwd.chain[0].match == ["xn--bcher-kva.test"]
+
+
+@pytest.mark.parametrize(
+    "pattern", ["127.0.0.1", "127.1", "2130706433", "0x7f.1", "::1", "[::ffff:127.0.0.1]"]
+)
+def test_ip_addresses_are_not_domain_patterns(pattern: str) -> None:
+    rule = f"  rules: [{{action: deny, domains: ['{pattern}']}}]\n"
+    text = "forward:\n  listen: ['127.0.0.1:3128']\n" + rule
+    with pytest.raises(ConfigError, match="destinations") as info:
+        parse_config(text, "f.yaml")
+    assert "f.yaml:3: forward.rules.0.domains" in str(info.value)

@@ -178,3 +178,47 @@ def test_client_wrong_password() -> None:
     assert out == b"\x01\x05alice\x03bad"
     with pytest.raises(SocksError, match="credentials"):
         client.feed(b"\x01\x01")
+
+
+def _connect_name(name: bytes) -> list[socks5.Event]:
+    m = ServerMachine(auth_required=False)
+    m.feed(b"\x05\x01\x00")
+    return m.feed(_request(b"\x03" + bytes([len(name)]) + name, 443))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        b"a.test\r\nX-Injected: 1",
+        b"a.test\nb",
+        b"a .test",
+        b"a.test:80",
+        b"fe80::1%eth0",
+        b"a%2e.test",
+        b"",
+        b"\xff\xfe.test",
+        b"a..test",
+    ],
+)
+def test_socks5_names_that_are_not_host_names_are_refused(name: bytes) -> None:
+    [ev] = _connect_name(name)
+    assert isinstance(ev, Failure)
+    assert ev.data[:2] == b"\x05\x08"  # address type not supported
+
+
+def test_socks4a_names_that_are_not_host_names_are_refused() -> None:
+    m = ServerMachine(auth_required=False)
+    [ev] = m.feed(b"\x04\x01\x01\xbb\x00\x00\x00\x01user\x00a.test\r\nHost: x\x00")
+    assert isinstance(ev, Failure) and ev.data == b"\x00\x5b" + bytes(6)
+
+
+def test_socks_names_are_compared_in_ascii() -> None:
+    # A Unicode name and its punycode spelling are the same destination, as over HTTP.
+    for name in ("Bücher.Example.Test".encode(), b"XN--BCHER-KVA.example.test."):
+        [ev] = _connect_name(name)
+        assert isinstance(ev, Connect) and ev.host == "xn--bcher-kva.example.test"
+    [ev] = _connect_name(b"::1")
+    assert isinstance(ev, Connect) and ev.host == "::1"
+    m = ServerMachine(auth_required=False)
+    [ev] = m.feed(b"\x04\x01\x01\xbb\x00\x00\x00\x01\x00" + "bücher.test".encode() + b"\x00")
+    assert isinstance(ev, Connect) and ev.host == "xn--bcher-kva.test"

@@ -26,3 +26,13 @@ def test_absolute_urls() -> None:
         parse_absolute(b"https://a.test/")
     with pytest.raises(Refused, match="not an http"):
         parse_absolute(b"ftp://a.test/")
+
+
+def test_zone_ids_and_odd_ipv6_spellings() -> None:
+    assert parse_authority(b"[0:0:0:0:0:0:0:1]:443") == ("::1", 443)
+    for bad in (b"[fe80::1%25eth0]:443", b"[fe80::1%eth0]:443", b"[::1%1]:80"):
+        with pytest.raises(Refused) as info:
+            parse_authority(bad)
+        assert info.value.status == 400, bad
+    with pytest.raises(Refused):
+        parse_absolute(b"http://[fe80::1%25lo]/")
