@@ -7,6 +7,9 @@ proxy. Neither touches a socket: the asyncio protocol that owns the connection
 
 - The server answers at most one request per connection; bytes the client sends after its
   request (optimistic data) are kept in :attr:`ServerMachine.leftover` for the tunnel.
+- While the machine waits for :meth:`~ServerMachine.auth_reply` or
+  :meth:`~ServerMachine.reply` (:attr:`~ServerMachine.waiting`), at most
+  :data:`MAX_PENDING` bytes are kept; the connection should stop reading meanwhile.
 - Any malformed input ends in a :class:`Failure` event carrying the last bytes to send (a
   "no acceptable method" or "general failure" reply where the protocol has one), after
   which the machine accepts nothing more.
@@ -54,6 +57,10 @@ REPLY_TEXT = {
 }
 
 GREETING, AUTH, WAIT_AUTH, REQUEST, WAIT_REPLY, DONE, CLOSED = range(7)
+
+# Bytes a client may send ahead while its credentials are checked or its connection is
+# opened (optimistic data such as a TLS ClientHello); more fails the handshake.
+MAX_PENDING = 8192
 
 
 class Event:
@@ -177,10 +184,19 @@ class ServerMachine:
         """Bytes received after the request, for the tunnel."""
         return bytes(self._buf)
 
+    @property
+    def waiting(self) -> bool:
+        """True while an answer (credentials, connect) is awaited: stop reading."""
+        return self.state in (WAIT_AUTH, WAIT_REPLY)
+
     def feed(self, data: bytes) -> list[Event]:
         if self.state in (CLOSED, DONE):
             return []
         self._buf += data
+        if self.waiting and len(self._buf) > MAX_PENDING:
+            self.state = CLOSED
+            self._buf.clear()
+            return [Failure(f"more than {MAX_PENDING} bytes sent before the handshake finished")]
         events: list[Event] = []
         while self.state in (GREETING, AUTH, REQUEST):
             before = self.state

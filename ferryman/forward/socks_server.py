@@ -36,6 +36,7 @@ class SocksConnection(asyncio.Protocol):
         "_closed",
         "_logged",
         "_machine",
+        "_paused",
         "_timer",
         "ctx",
         "server_port",
@@ -54,6 +55,7 @@ class SocksConnection(asyncio.Protocol):
         self._closed = False
         self._logged = False
         self._timer: asyncio.TimerHandle | None = None
+        self._paused = False  # reading stopped while the machine waits for an answer
 
     # asyncio.Protocol
 
@@ -81,6 +83,19 @@ class SocksConnection(asyncio.Protocol):
             self.tunnel.from_client(data)
             return
         self._handle(self._machine.feed(data))
+
+    def _sync_reading(self) -> None:
+        """Stop reading while a check or a connect is in progress (what arrives then is
+        kept by the machine, up to a limit); read again when the machine wants bytes."""
+        t = self.transport
+        if t is None or self._closed:
+            return
+        if self._machine.waiting and not self._paused:
+            self._paused = True
+            t.pause_reading()
+        elif not self._machine.waiting and self._paused and self.tunnel is None:
+            self._paused = False
+            t.resume_reading()
 
     def eof_received(self) -> bool | None:
         return False
@@ -117,6 +132,7 @@ class SocksConnection(asyncio.Protocol):
             elif isinstance(event, socks5.Failure):
                 self._write(event.data)
                 self._fail(400, f"SOCKS protocol: {event.reason}")
+        self._sync_reading()
 
     async def _check_credentials(self, event: socks5.Credentials) -> None:
         auth = self.service.auth
@@ -184,6 +200,9 @@ class SocksConnection(asyncio.Protocol):
         self, peer: Splice, status: int = 200, headers: HeaderList | None = None
     ) -> bytes:
         self.tunnel = peer
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
         return self._machine.leftover
 
     def tunnel_write(self, data: bytes) -> None:
@@ -226,6 +245,7 @@ class SocksConnection(asyncio.Protocol):
         self.service.log.on_log(self.ctx)
 
     def _close(self) -> None:
+        self._closed = True  # nothing more is written or answered, even before the loss
         self._cancel_timer()
         if self.transport is not None:
             self.transport.close()

@@ -222,3 +222,21 @@ def test_socks_names_are_compared_in_ascii() -> None:
     m = ServerMachine(auth_required=False)
     [ev] = m.feed(b"\x04\x01\x01\xbb\x00\x00\x00\x01\x00" + "bücher.test".encode() + b"\x00")
     assert isinstance(ev, Connect) and ev.host == "xn--bcher-kva.test"
+
+
+def test_bytes_sent_ahead_while_waiting_are_bounded() -> None:
+    m = ServerMachine(auth_required=True)
+    m.feed(b"\x05\x01\x02")
+    [ev] = m.feed(_auth("alice", "wonderland"))
+    assert isinstance(ev, Credentials) and m.waiting
+    assert m.feed(b"x" * socks5.MAX_PENDING) == []  # up to the limit: kept
+    [ev] = m.feed(b"x")
+    assert isinstance(ev, Failure) and "before the handshake finished" in ev.reason
+    assert m.leftover == b"" and m.feed(b"more") == []
+    # The same while a connect is in progress.
+    m = ServerMachine(auth_required=False)
+    m.feed(b"\x05\x01\x00")
+    [ev] = m.feed(_request(b"\x01" + bytes([127, 0, 0, 1]), 443) + b"y" * 100)
+    assert isinstance(ev, Connect) and m.waiting and m.leftover == b"y" * 100
+    [ev] = m.feed(b"y" * socks5.MAX_PENDING)
+    assert isinstance(ev, Failure)
