@@ -217,7 +217,8 @@ class ServerH2:
             ended = stream.state_machine.process_input(StreamInputs.RECV_END_STREAM)
             head.stream_ended = ended[0]  # type: ignore[assignment]
             events += ended
-        stream._initialize_content_length(headers)
+        # The body's length against content-length is checked per stream by the server
+        # (a stream error); h2's own check would end the whole connection.
         return events
 
     def take(self) -> bytes:
@@ -257,14 +258,26 @@ class RequestHead:
 # leading or trailing whitespace. Anything else could split a request on an HTTP/1.1 upstream.
 _BAD_NAME = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9a-z]")
 _BAD_VALUE = re.compile(rb"[\r\n\x00]|^[ \t]|[ \t]$")
+# What each pseudo-header may be, checked before anything goes into an HTTP/1.1 request line:
+# a method is a token (RFC 9110 9.1); a path is origin-form, no space, control or DEL;
+# an authority is host[:port] with no userinfo (RFC 9113 8.3.1); a scheme is a URI scheme.
+_METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_PATH = re.compile(rb"/[^\x00-\x20\x7f]*")
+_AUTHORITY = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=%]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+_SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9+\-.]*")
+_DIGITS = re.compile(rb"[0-9]{1,18}")
+_PSEUDO = frozenset({b":method", b":path", b":scheme", b":authority", b":protocol"})
 _CONNECTION_SPECIFIC = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"}
 )
 
 
 def request_head(block: list[tuple[bytes, bytes]], ends_stream: bool) -> RequestHead:
-    """An HTTP/2 request header block as the pipeline's request head (RFC 9113 8.3.1)."""
-    method = scheme = path = authority = None
+    """An HTTP/2 request header block as the pipeline's request head (RFC 9113 8.3.1).
+
+    Everything that would reach an HTTP/1.1 upstream is checked here; a block that fails
+    raises :class:`BadRequest` (the stream is reset), never anything else."""
+    pseudo: dict[bytes, bytes] = {}
     headers: HeaderList = []
     cookies: list[bytes] = []
     host: bytes | None = None
@@ -273,18 +286,15 @@ def request_head(block: list[tuple[bytes, bytes]], ends_stream: bool) -> Request
         if _BAD_VALUE.search(value) is not None:
             raise BadRequest(f"invalid characters in the value of {name!r}")
         if name[:1] == b":":
-            if name == b":method":
-                method = value
-            elif name == b":path":
-                path = value
-            elif name == b":scheme":
-                scheme = value
-            elif name == b":authority":
-                authority = value
-            elif name != b":protocol":
+            if headers or cookies:
+                raise BadRequest(f"pseudo-header {name!r} after regular ones (RFC 9113 8.3)")
+            if name not in _PSEUDO:
                 raise BadRequest(f"unknown pseudo-header {name!r}")
+            if name in pseudo:
+                raise BadRequest(f"repeated pseudo-header {name!r}")
+            pseudo[name] = value
             continue
-        if _BAD_NAME.search(name) is not None:
+        if not name or _BAD_NAME.search(name) is not None:
             raise BadRequest(f"invalid header name {name!r}")
         if name in _CONNECTION_SPECIFIC and (name != b"te" or value != b"trailers"):
             raise BadRequest(f"connection-specific header {name!r} (RFC 9113 8.2.2)")
@@ -292,22 +302,38 @@ def request_head(block: list[tuple[bytes, bytes]], ends_stream: bool) -> Request
             cookies.append(value)  # split into crumbs by HPACK; HTTP/1.1 wants one line
             continue
         if name == b"host":
+            if host is not None:
+                raise BadRequest("repeated host header")
             host = value
         elif name == b"content-length":
-            try:
-                content_length = int(value)
-            except ValueError:
-                raise BadRequest("invalid content-length") from None
+            if _DIGITS.fullmatch(value) is None:
+                raise BadRequest("invalid content-length")
+            length = int(value)
+            if content_length is not None and length != content_length:
+                raise BadRequest("conflicting content-length headers")
+            content_length = length
         headers.append((name, value))
-    if method is None:
-        raise BadRequest("no :method")
+    method = pseudo.get(b":method")
+    if method is None or _METHOD.fullmatch(method) is None:
+        raise BadRequest("no valid :method")
     if method == b"CONNECT":
         raise BadRequest("CONNECT is not served over HTTP/2")
-    if path is None or scheme is None or not path:
-        raise BadRequest("no :path or :scheme")
+    path = pseudo.get(b":path")
+    scheme = pseudo.get(b":scheme")
+    if path is None or scheme is None or _SCHEME.fullmatch(scheme) is None:
+        raise BadRequest("no valid :path or :scheme")
+    if _PATH.fullmatch(path) is None and not (path == b"*" and method == b"OPTIONS"):
+        raise BadRequest("a :path not in origin form")
+    authority = pseudo.get(b":authority")
     host = authority or host
     if not host:
         raise BadRequest("no :authority or host")
+    if _AUTHORITY.fullmatch(host) is None:
+        raise BadRequest(f"invalid authority {host!r}")
+    if ends_stream and content_length:
+        # RFC 9113 8.1.1: the body must be as long as content-length says; passed on, the
+        # declared length would take bytes of the next request on an HTTP/1.1 upstream.
+        raise BadRequest("content-length with no body")
     if authority is not None:
         headers = [(k, v) for k, v in headers if k != b"host"]
     headers.insert(0, (b"host", host))

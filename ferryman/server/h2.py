@@ -224,7 +224,7 @@ class H2Server(asyncio.Protocol):
             self.drain()  # enough for one connection: finish these, the client reconnects
         try:
             head = request_head(ev.headers or [], ev.stream_ended is not None)
-        except BadRequest as e:
+        except (BadRequest, ValueError) as e:  # ValueError: a decoding slip, still one stream
             log.info("http2 %s: stream %d: %s", self.client_addr, sid, e)
             self.reset(sid, ErrorCodes.PROTOCOL_ERROR)
             return
@@ -242,6 +242,7 @@ class H2Server(asyncio.Protocol):
         )
         ctx.tls = self.tls
         stream = H2Stream(self, sid, ctx)
+        stream.expected = head.content_length
         self.streams[sid] = stream
         pipeline.start(stream, listener.hosts, ctx, head.host, head.content_length)
 

@@ -41,6 +41,7 @@ class H2Stream:
         "conn",
         "ctx",
         "exchange",
+        "expected",
         "keep_alive",
         "pending",
         "request_done",
@@ -69,6 +70,7 @@ class H2Stream:
         # as one HEADERS frame with END_STREAM (gRPC's trailers-only answers need that).
         self._head: HeaderList | None = None
         self._unacked = -1  # >= 0 while the handler has paused reading the body
+        self.expected: int | None = None  # the request's content-length, if it gave one
 
     # pipeline.Side
 
@@ -104,13 +106,25 @@ class H2Stream:
     # request body, from the connection
 
     def on_data(self, data: bytes, flow: int) -> None:
+        if self.request_done:  # the rest of a body refused with 413: read and dropped
+            self.conn.ack(self.stream_id, flow)
+            return
         ctx = self.ctx
         ctx.bytes_received += len(data)
+        expected = self.expected
+        if expected is not None and ctx.bytes_received > expected:
+            self.conn.ack(self.stream_id, flow)
+            self.refuse("a request body longer than its content-length")
+            return
         route = ctx.route
         if route is not None and ctx.bytes_received > route.max_body_size:
+            # Acknowledged like any other DATA: the connection's window is shared.
+            self.conn.ack(self.stream_id, flow)
             if self.exchange is not None:
                 exchange, self.exchange = self.exchange, None
                 exchange.on_downstream_lost()
+            self._release()
+            self.request_done = True
             self.error(413, "the request body is larger than allowed")
             return
         if self.exchange is not None:
@@ -123,6 +137,14 @@ class H2Stream:
             self.conn.ack(self.stream_id, flow)
 
     def on_end(self) -> None:
+        if self.request_done:
+            return
+        expected = self.expected
+        if expected is not None and self.ctx.bytes_received != expected:
+            # RFC 9113 8.1.1: passed on, the declared length would make an HTTP/1.1 upstream
+            # take bytes of the next request as this one's body.
+            self.refuse("a request body shorter than its content-length")
+            return
         self.request_done = True
         if self.exchange is not None:
             self.exchange.on_request_end()
@@ -131,10 +153,31 @@ class H2Stream:
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
             exchange.on_downstream_lost()
+        self._release()
         if not self.started:
             self.ctx.status = 499
         self.ctx.error = self.ctx.error or "the client reset the stream"
         self.conn.stream_over(self)
+
+    def refuse(self, reason: str) -> None:
+        """A malformed request (RFC 9113 8.1.1): reset the stream with PROTOCOL_ERROR."""
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.on_downstream_lost()
+        self._release()
+        if not self.started:
+            self.ctx.status = 400
+        self.ctx.error = self.ctx.error or reason
+        self._out.clear()
+        self.conn.reset(self.stream_id, ErrorCodes.PROTOCOL_ERROR)
+        self.conn.stream_over(self)
+
+    def _release(self) -> None:
+        """Acknowledge the body bytes held back while the handler was paused: nobody will
+        resume reading them, and the connection's window is shared by every stream."""
+        unacked, self._unacked = self._unacked, -1
+        if unacked > 0:
+            self.conn.ack(self.stream_id, unacked)
 
     # Downstream
 
@@ -167,6 +210,7 @@ class H2Stream:
     def finish(self) -> None:
         self._ending = True
         self.exchange = None
+        self._release()
         self.conn.pump(self)
 
     def send_trailers(self, trailers: HeaderList) -> None:
@@ -177,6 +221,7 @@ class H2Stream:
 
     def abort(self, reason: str) -> None:
         self.exchange = None
+        self._release()
         self.ctx.error = self.ctx.error or reason
         self._out.clear()
         self.conn.reset(self.stream_id, ErrorCodes.INTERNAL_ERROR)
@@ -199,9 +244,7 @@ class H2Stream:
             self._unacked = 0
 
     def resume_reading(self) -> None:
-        unacked, self._unacked = self._unacked, -1
-        if unacked > 0:
-            self.conn.ack(self.stream_id, unacked)
+        self._release()
 
     def start_tunnel(self, peer: Tunnel, status: int = 200, headers: Any = None) -> bytes:
         self.abort("tunnels are not served over HTTP/2")
