@@ -183,8 +183,16 @@ class H2ProxyExchange:
         self._route.chain.run_response(ctx, status, headers)
         if not ended:
             self._body_filters = self._route.chain.body_filters(headers)
+        length = None if self._body_filters else _content_length(headers)
+        if ended and length and ctx.method != "HEAD" and status not in (204, 304):
+            # A declared length with no body to follow: the client must not wait for it.
+            headers[:] = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+            headers.append((b"content-length", b"0"))
+            length = 0
         self._started = True
-        self._downstream.start_response(status, headers, None)
+        # The upstream's length, when the body goes out as it came: an HTTP/1.1 client then
+        # gets Content-Length, not chunks (with a stale Content-Length beside them).
+        self._downstream.start_response(status, headers, length)
         if not ended:
             self._downstream.flush()  # a trailers-only answer leaves as one HEADERS frame
 
@@ -209,6 +217,7 @@ class H2ProxyExchange:
             return
         self._done = True
         self._cancel_timer()
+        self._release_held()
         downstream = self._downstream
         if not self._started:
             self._fail(502, "the upstream server sent no response", "upstream ended early")
@@ -242,9 +251,7 @@ class H2ProxyExchange:
         self._held = max(self._held, 0)
 
     def on_downstream_resume(self) -> None:
-        held, self._held = self._held, -1
-        if held > 0 and self._conn is not None and not self._done:
-            self._conn.ack(self._sid, held)
+        self._release_held()
 
     def on_downstream_lost(self) -> None:
         if self._done:
@@ -252,7 +259,14 @@ class H2ProxyExchange:
         self._done = True
         self._cancel_timer()
         if self._conn is not None and self._sid:
+            self._release_held()  # before the reset: the connection's window is shared
             self._conn.cancel(self._sid)
+
+    def _release_held(self) -> None:
+        """Acknowledge the response bytes held back while the client side was paused."""
+        held, self._held = self._held, -1
+        if held > 0 and self._conn is not None:
+            self._conn.ack(self._sid, held)
 
     # failures and the read timeout
 
@@ -283,6 +297,7 @@ class H2ProxyExchange:
             return
         reason = f"no answer from {self.ctx.upstream_addr} within {self._route.read_timeout:g}s"
         if self._conn is not None and self._sid:
+            self._release_held()
             self._conn.cancel(self._sid)
         if self._started:
             self._done = True
@@ -290,6 +305,15 @@ class H2ProxyExchange:
             self._downstream.abort(reason)
         else:
             self._fail(504, "the upstream server timed out", reason)
+
+
+def _content_length(headers: HeaderList) -> int | None:
+    """The response's content-length when it gives exactly one valid value, else None."""
+    found = [v for k, v in headers if k.lower() == b"content-length"]
+    if len(found) != 1:
+        return None
+    value = found[0].strip()
+    return int(value) if value.isdigit() and len(value) <= 18 else None
 
 
 def _request_headers(headers: HeaderList) -> HeaderList:
