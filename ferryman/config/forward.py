@@ -167,13 +167,16 @@ class ForwardRule(_Model):
     users: list[str] = Field(default_factory=list)
     groups: list[str] = Field(default_factory=list)
     domains: list[str] = Field(default_factory=list)
+    # Networks (CIDR) of the address actually connected to, after name resolution; the way
+    # to name IP addresses (domain patterns cannot: 127.0.0.1 is also 127.1 and 2130706433).
+    destinations: list[str] = Field(default_factory=list)
     # Ports or ranges such as ``8000-8999``.
     ports: list[int | str] = Field(default_factory=list)
     methods: list[str] = Field(default_factory=list)
     # The short reason sent with a 403 and written to the log.
     reason: str | None = None
 
-    @field_validator("clients")
+    @field_validator("clients", "destinations")
     @classmethod
     def _clients(cls, v: list[str]) -> list[str]:
         return _networks(v)
@@ -310,7 +313,8 @@ class Forward(_Model):
     # Networks allowed to use the proxy at all; empty: any client.
     clients: list[str] = Field(default_factory=list)
     auth: ForwardAuth | None = None
-    # Squid's SSL_ports: the ports CONNECT may reach.
+    # Squid's SSL_ports: the ports tunnels (CONNECT and SOCKS) may reach. Plain HTTP
+    # requests are not limited by it; use rules' ``ports`` for them.
     connect_ports: list[int] = Field(default_factory=lambda: [443])
     # Destinations in private, loopback, link-local, multicast or reserved ranges are refused
     # unless listed here (addresses or networks). Checked on the address connected to.
@@ -319,8 +323,8 @@ class Forward(_Model):
     hosts: dict[str, list[str]] = Field(default_factory=dict)
     dns: Dns = Dns()
     rules: list[ForwardRule] = Field(default_factory=list)
-    # When no rule matches.
-    default_action: Literal["allow", "deny"] = "allow"
+    # When no rule matches (deny, as Squid does).
+    default_action: Literal["allow", "deny"] = "deny"
     chain: list[ChainRule] = Field(default_factory=list)
     pac: Pac | None = None
     timeouts: ForwardTimeouts = ForwardTimeouts()

@@ -111,9 +111,10 @@ def parse_ip(text: str) -> IPAddress | None:
 
 
 class Request:
-    """What the rules look at. ``groups`` are the authenticated user's."""
+    """What the rules look at. ``groups`` are the authenticated user's; ``addr`` is the
+    address about to be connected to, once it is known (see :meth:`AccessPolicy.check`)."""
 
-    __slots__ = ("client", "groups", "host", "method", "port", "user")
+    __slots__ = ("addr", "client", "groups", "host", "method", "port", "user")
 
     def __init__(
         self,
@@ -130,10 +131,27 @@ class Request:
         self.host = host
         self.port = port
         self.method = method
+        self.addr: IPAddress | None = None
+
+    def at(self, addr: IPAddress) -> Request:
+        """This request, about to connect to ``addr``."""
+        req = Request(self.client, self.user, self.groups, self.host, self.port, self.method)
+        req.addr = addr
+        return req
 
 
 class Rule:
-    __slots__ = ("allow", "clients", "domains", "groups", "methods", "ports", "reason", "users")
+    __slots__ = (
+        "allow",
+        "clients",
+        "destinations",
+        "domains",
+        "groups",
+        "methods",
+        "ports",
+        "reason",
+        "users",
+    )
 
     def __init__(self, config: ForwardRule) -> None:
         self.allow = config.action == "allow"
@@ -141,11 +159,19 @@ class Rule:
         self.users = frozenset(config.users)
         self.groups = frozenset(config.groups)
         self.domains = DomainSet(config.domains)
+        self.destinations = NetSet(config.destinations)
         self.ports: tuple[tuple[int, int], ...] = tuple(_port_range(p) for p in config.ports)
         self.methods = frozenset(config.methods)
         self.reason = config.reason or ("allowed" if self.allow else "denied by an access rule")
 
     def matches(self, req: Request) -> bool:
+        """Whether every condition holds; a ``destinations`` condition does not hold while
+        the address is unknown (see :meth:`matches_but_address`)."""
+        if self.destinations and (req.addr is None or not self.destinations.contains(req.addr)):
+            return False
+        return self.matches_but_address(req)
+
+    def matches_but_address(self, req: Request) -> bool:
         if self.clients and (req.client is None or not self.clients.contains(req.client)):
             return False
         if self.users or self.groups:
@@ -185,17 +211,41 @@ class AccessPolicy:
             return True
         return client is not None and self.clients.contains(client)
 
-    def check(self, req: Request) -> None:
-        """Raise :class:`Refused` (403) unless the request may go on."""
-        if req.method == "CONNECT" and req.port not in self.connect_ports:
-            raise denied(f"CONNECT to port {req.port} is not allowed")
+    @property
+    def uses_destinations(self) -> bool:
+        """Whether some rule looks at the address connected to (``destinations``)."""
+        return any(r.destinations for r in self.rules)
+
+    def check(self, req: Request, final: bool = True) -> bool:
+        """Raise :class:`Refused` (403) unless the request may go on.
+
+        Rules with ``destinations`` need the address actually connected to (``req.addr``).
+        Before it is known (``final`` false) the check stops at the first such rule whose
+        other conditions hold and returns False: the caller checks again with each address
+        (``req.at(addr)``) before connecting. With ``final`` true and no address (a parent
+        proxy resolves the name), a ``destinations`` condition does not hold. True means
+        decided: allowed."""
+        if req.method in _TUNNELS and req.port not in self.connect_ports:
+            raise denied(f"{_TUNNELS[req.method]} to port {req.port} is not allowed")
         for rule in self.rules:
             if rule.matches(req):
                 if rule.allow:
-                    return
+                    return True
                 raise denied(rule.reason)
+            if (
+                not final
+                and req.addr is None
+                and rule.destinations
+                and rule.matches_but_address(req)
+            ):
+                return False
         if not self.default_allow:
             raise denied("no access rule allows this request")
+        return True
+
+
+# Tunnels, which ``connect_ports`` limits (Squid's SSL_ports): CONNECT and SOCKS connects.
+_TUNNELS = {"CONNECT": "CONNECT", "SOCKS": "a SOCKS connect"}
 
 
 class AddressPolicy:
@@ -237,9 +287,16 @@ def special_range(addr: IPAddress) -> str | None:
         return "private"
     if addr.is_reserved:
         return "reserved"
-    if isinstance(addr, ipaddress.IPv4Address) and addr in _SHARED:
-        return "shared (CGNAT)"
+    for net, name in _MORE_SPECIAL:
+        if addr.version == net.version and addr in net:
+            return name
     return None
 
 
-_SHARED = ipaddress.ip_network("100.64.0.0/10")
+_MORE_SPECIAL: list[tuple[IPNetwork, str]] = [
+    (ipaddress.ip_network("100.64.0.0/10"), "shared (CGNAT)"),
+    (ipaddress.ip_network("192.0.0.0/24"), "IETF protocol assignments"),
+    (ipaddress.ip_network("fec0::/10"), "site-local"),
+    # 6to4 addresses carry an IPv4 address (2002:7f00:1:: is 127.0.0.1) that a relay reaches.
+    (ipaddress.ip_network("2002::/16"), "6to4"),
+]

@@ -36,7 +36,7 @@ from ferryman.config.schema import (
 )
 from ferryman.context import RequestContext
 from ferryman.filters.base import Filter, FilterChain
-from ferryman.forward.acl import Refused, Request, parse_ip
+from ferryman.forward.acl import IPAddress, Refused, Request, parse_ip
 from ferryman.forward.auth import parse_basic
 from ferryman.forward.chain import authority, basic_credentials
 from ferryman.forward.outbound import BulkSplice, DestinationPool
@@ -186,7 +186,9 @@ class ForwardHttp:
 
     def __init__(self, service: ForwardProxy) -> None:
         self.service = service
-        self._routes: OrderedDict[tuple[str, int, int], ProxyRoute] = OrderedDict()
+        self._routes: OrderedDict[tuple[str, int, int, frozenset[IPAddress] | None], ProxyRoute] = (
+            OrderedDict()
+        )
 
     def start(self, ctx: RequestContext, downstream: Downstream, head: RequestHead) -> Exchange:
         pending = PendingExchange(downstream)
@@ -257,9 +259,10 @@ class ForwardHttp:
                 raise AuthRequired
             user = ctx.user = creds[0]
         groups = auth.groups(user) if auth is not None else frozenset()
-        service.access.check(Request(client, user, groups, host, port, head.method))
+        req = Request(client, user, groups, host, port, head.method)
+        service.access.check(req, final=False)
         if connect:
-            conn, leftover, peer = await service.dialer.open_tunnel(host, port)
+            conn, leftover, peer = await service.dialer.open_tunnel(host, port, req)
             if pending.lost:
                 conn.close()
                 return
@@ -269,11 +272,18 @@ class ForwardHttp:
             )
             return
         parent = service.dialer.chain.pick(host)
+        only: frozenset[IPAddress] | None = None
         if parent is None:
-            await service.dialer.allowed_addresses(host)  # a refusal is a 403, not a 502
-        route = self._route(host, port, parent)
+            # A refusal is a 403, not a 502. When rules look at addresses, the connections
+            # of this request go only to the addresses they allowed for it.
+            addrs = await service.dialer.allowed_addresses(host, req)
+            if service.access.uses_destinations:
+                only = frozenset(addrs)
+        else:
+            service.dialer.check_parent(req)
+        route = self._route(host, port, parent, only)
         if parent is not None and parent.kind == "http":
-            ctx.upstream_target = b"http://" + authority(host, port).encode("idna") + path
+            ctx.upstream_target = b"http://" + authority(host, port).encode("ascii") + path
         else:
             ctx.upstream_target = path
         if pending.lost:
@@ -286,8 +296,10 @@ class ForwardHttp:
         for route in self._routes.values():
             route.group.pool.close()
 
-    def _route(self, host: str, port: int, parent: Parent | None) -> ProxyRoute:
-        key = (host, port, id(parent))
+    def _route(
+        self, host: str, port: int, parent: Parent | None, only: frozenset[IPAddress] | None
+    ) -> ProxyRoute:
+        key = (host, port, id(parent), only)
         route = self._routes.get(key)
         if route is not None:
             self._routes.move_to_end(key)
@@ -296,9 +308,9 @@ class ForwardHttp:
         address = authority(host, port)
         up = Upstream(servers=[UpstreamServer(address=address, max_fails=0)], retry=Retry(tries=1))
         group = UpstreamGroup(f"forward:{address}", up)
-        group.pool = DestinationPool(service.dialer, host, port)
+        group.pool = DestinationPool(service.dialer, host, port, only)
         bare = f"[{host}]" if ":" in host else host
-        host_header = (bare if port == 80 else address).encode("idna")
+        host_header = (bare if port == 80 else address).encode("ascii")
         parent_auth = None
         if parent is not None and parent.kind == "http" and parent.user:
             parent_auth = basic_credentials(parent.user, parent.password)

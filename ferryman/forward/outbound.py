@@ -17,9 +17,11 @@ from ferryman.forward.acl import (
     SOCKS_CONNECTION_REFUSED,
     SOCKS_HOST_UNREACHABLE,
     SOCKS_NETWORK_UNREACHABLE,
+    AccessPolicy,
     AddressPolicy,
     IPAddress,
     Refused,
+    Request,
     denied,
 )
 from ferryman.forward.chain import ChainRouter, http_connect, socks5_connect
@@ -195,14 +197,17 @@ class Dialer:
         policy: AddressPolicy,
         chain: ChainRouter,
         connect_timeout: float,
+        access: AccessPolicy | None = None,
     ) -> None:
         self.resolver = resolver
         self.policy = policy
         self.chain = chain
         self.connect_timeout = connect_timeout
+        self.access = access
 
-    async def allowed_addresses(self, host: str) -> list[IPAddress]:
-        """``host``'s addresses that the policy allows; :class:`Refused` when none is."""
+    async def allowed_addresses(self, host: str, req: Request | None = None) -> list[IPAddress]:
+        """``host``'s addresses that the policy allows (and, given the request, that the
+        rules allow it to connect to); :class:`Refused` when none is."""
         try:
             addrs = await self.resolver.resolve(host)
         except ResolveError as e:
@@ -210,18 +215,40 @@ class Dialer:
         kept, why = self.policy.filter(addrs)
         if not kept:
             raise denied(f"destination {host}: {why}")
+        if req is not None and self.access is not None and self.access.uses_destinations:
+            allowed: list[IPAddress] = []
+            refusal: Refused | None = None
+            for addr in kept:
+                try:
+                    self.access.check(req.at(addr))
+                except Refused as e:
+                    refusal = refusal or e
+                else:
+                    allowed.append(addr)
+            if not allowed:
+                assert refusal is not None
+                raise refusal
+            kept = allowed
         return kept
 
-    async def open_tunnel(self, host: str, port: int) -> tuple[Outbound, bytes, str]:
+    def check_parent(self, req: Request | None) -> None:
+        """The rules for a request a parent proxy resolves: no address is known here."""
+        if req is not None and self.access is not None and self.access.uses_destinations:
+            self.access.check(req, final=True)
+
+    async def open_tunnel(
+        self, host: str, port: int, req: Request | None = None
+    ) -> tuple[Outbound, bytes, str]:
         """A connection to ``host:port`` ready to splice, the bytes that already came back
-        through it, and what it is connected to (for the log)."""
+        through it, and what it is connected to (for the log). ``req`` is checked again on
+        each address when rules look at addresses (``destinations``)."""
         parent = self.chain.pick(host)
         what = f"{host}:{port}"
         conn: Outbound | None = None
         try:
             async with asyncio.timeout(self.connect_timeout):
                 if parent is None:
-                    addrs = await self.allowed_addresses(host)
+                    addrs = await self.allowed_addresses(host, req)
                     _, conn = await happy_connect(
                         addrs, port, Outbound, self.resolver.happy_eyeballs_delay
                     )
@@ -229,6 +256,7 @@ class Dialer:
                     # A server that speaks first (a banner) may already have sent bytes.
                     where = f"{peer[0]}:{peer[1]}" if peer else what
                     return conn, conn.take_buffered(), where
+                self.check_parent(req)
                 conn = await self._to_parent(parent)
                 if parent.kind == "http":
                     rest = await http_connect(conn, host, port, parent)
@@ -250,13 +278,19 @@ class Dialer:
         )
         return conn
 
-    async def open_http(self, host: str, port: int, peer: Peer) -> UpstreamConnection:
+    async def open_http(
+        self, host: str, port: int, peer: Peer, only: frozenset[IPAddress] | None = None
+    ) -> UpstreamConnection:
         """A connection for plain HTTP requests to ``host:port`` (or to the HTTP parent that
-        serves it), as the pools lend them."""
+        serves it), as the pools lend them; ``only`` limits the addresses connected to."""
         parent = self.chain.pick(host)
         delay = self.resolver.happy_eyeballs_delay
         if parent is None:
             addrs = await self.allowed_addresses(host)
+            if only is not None:
+                addrs = [a for a in addrs if a in only]
+                if not addrs:
+                    raise denied(f"destination {host}: its addresses changed")
             _, conn = await happy_connect(addrs, port, lambda: UpstreamConnection(peer), delay)
             return conn
         if parent.kind == "http":
@@ -282,15 +316,22 @@ class Dialer:
 class DestinationPool(Pool):
     """The keep-alive pool of one destination (``host:port``) for plain HTTP requests."""
 
-    def __init__(self, dialer: Dialer, host: str, port: int) -> None:
+    def __init__(
+        self,
+        dialer: Dialer,
+        host: str,
+        port: int,
+        only: frozenset[IPAddress] | None = None,
+    ) -> None:
         super().__init__(max_idle=8, idle_timeout=30.0, max_requests=1000)
         self.dialer = dialer
         self.host = host
         self.port = port
+        self.only = only
 
     async def connect(self, peer: Peer) -> UpstreamConnection:
         try:
-            conn = await self.dialer.open_http(self.host, self.port, peer)
+            conn = await self.dialer.open_http(self.host, self.port, peer, self.only)
         except Refused as e:
             # The exchange maps OSError to 502; a refusal found this late (the name now
             # resolves elsewhere, a parent said no) is a failed connect to it.

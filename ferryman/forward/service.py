@@ -46,6 +46,7 @@ class ForwardProxy:
             AddressPolicy(config.allow_destinations),
             ChainRouter(config.chain),
             config.timeouts.connect,
+            self.access,
         )
         self.via = f"1.1 {config.via}".encode("latin-1")
         self.log = ForwardAccessLog(config.access_log)

@@ -161,11 +161,10 @@ class SocksConnection(asyncio.Protocol):
         user = ctx.user if service.auth is not None else ""
         groups = service.auth.groups(user) if service.auth is not None else frozenset()
         try:
-            # SOCKS has no CONNECT-port list of its own: the rules' ports apply.
-            service.access.check(
-                Request(parse_ip(ctx.client_addr), user, groups, host, event.port, "SOCKS")
-            )
-            conn, leftover, peer = await service.dialer.open_tunnel(host, event.port)
+            # A SOCKS connect is a tunnel: connect_ports applies as to CONNECT.
+            req = Request(parse_ip(ctx.client_addr), user, groups, host, event.port, "SOCKS")
+            service.access.check(req, final=False)
+            conn, leftover, peer = await service.dialer.open_tunnel(host, event.port, req)
         except Refused as e:
             if not self._closed:
                 self._write(self._machine.reply(e.socks_code))

@@ -52,6 +52,7 @@ class Env:
         self.procs: list[Proc] = []
         self.dir = Path(tempfile.mkdtemp(prefix="ferryman-forward-"))
         self.port = 0  # the plain origin, on 127.0.0.1 and ::1
+        self.closed_port = 0  # nothing listens there; in connect_ports
         self.https = ""  # base URL of the HTTPS origin
         self.https_port = 443
         self.ipv6 = True
@@ -117,14 +118,15 @@ def env() -> Iterator[Env]:
         cert_path, key_path = e.dir / "cert.pem", e.dir / "key.pem"
         cert.cert_chain_pems[0].write_to_path(str(cert_path))
         cert.private_key_pem.write_to_path(str(key_path))
-        config: str | Path = ROOT / "examples" / "forward.yaml"
         https_port = 443 if _can_bind(443) else free_port()
-        if https_port != 443:
-            data = yaml.safe_load(Path(config).read_text())
-            data["forward"]["connect_ports"] = [443, https_port]
-            data["forward"]["auth"]["htpasswd"] = str(ROOT / "examples" / "htpasswd")
-            config = e.dir / "forward.yaml"
-            config.write_text(yaml.safe_dump(data))
+        # SOCKS connects are tunnels that connect_ports limits, like CONNECT: a copy of the
+        # example lets them reach the plain origin and a port where nothing listens.
+        e.closed_port = free_port()
+        data = yaml.safe_load((ROOT / "examples" / "forward.yaml").read_text())
+        data["forward"]["connect_ports"] = sorted({443, https_port, e.port, e.closed_port})
+        data["forward"]["auth"]["htpasswd"] = str(ROOT / "examples" / "htpasswd")
+        config = e.dir / "forward.yaml"
+        config.write_text(yaml.safe_dump(data))
         tls = Proc(
             [
                 PYTHON,
@@ -272,11 +274,14 @@ def test_socks5_wrong_password_and_refusals(env: Env) -> None:
     assert socks("api.example.test", env.port, "nope") == (1, -1)
     assert socks("internal.example.test", env.port) == (0, 0x02)  # 127.0.0.2: not allowed
     assert socks("blocked.example.test", env.port) == (0, 0x02)
-    assert socks("api.example.test", free_port()) == (0, 0x05)  # refused
-    assert socks("nothing.invalid", 80) == (0, 0x04)  # no such host
+    assert socks("api.example.test", env.closed_port) == (0, 0x05)  # refused
+    assert socks("api.example.test", 25) == (0, 0x02)  # not in connect_ports
+    assert socks("nothing.invalid", env.closed_port) == (0, 0x04)  # no such host
     assert env.log(lambda x: x["proto"] == "socks5" and x["status"] == "407")
     [internal] = env.log(lambda x: x["proto"] == "socks5" and x["dest"].startswith("internal."))
     assert internal["status"] == "403" and "127.0.0.2" in internal["reason"]
+    [port25] = env.log(lambda x: x["proto"] == "socks5" and x["dest"] == "api.example.test:25")
+    assert port25["status"] == "403" and "SOCKS connect to port 25" in port25["reason"]
 
 
 def test_environment_variables_and_bypass(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -457,6 +462,7 @@ def test_chaining_through_parent_proxies(tmp_path: Path, env: Env) -> None:
             "hosts": {"*.parent.test": ["127.0.0.1"], "*.sparent.test": ["127.0.0.1"]},
             "allow_destinations": ["127.0.0.1"],
             "connect_ports": [env.port],
+            "default_action": "allow",
         },
     }
     child = {
@@ -465,6 +471,7 @@ def test_chaining_through_parent_proxies(tmp_path: Path, env: Env) -> None:
         "forward": {
             "listen": [f"127.0.0.1:{child_http}"],
             "connect_ports": [env.port],
+            "default_action": "allow",
             "chain": [
                 {"match": ["*.parent.test"], "via": f"http://carol:c4r0l@127.0.0.1:{parent_http}"},
                 {"match": ["*.sparent.test"], "via": f"socks5://carol:c4r0l@127.0.0.1:{parent_socks}"},
@@ -538,6 +545,7 @@ def test_forward_and_reverse_on_one_port(tmp_path: Path, env: Env) -> None:
             "hosts": {"*.example.test": ["127.0.0.1"]},
             "allow_destinations": ["127.0.0.1"],
             "connect_ports": [env.https_port, env.port],
+            "default_action": "allow",
             "timeouts": {"idle": "1s"},
         },
     }

@@ -105,3 +105,59 @@ def test_address_filter_keeps_order_and_says_why() -> None:
     assert kept == [ipaddress.ip_address("127.0.0.1")]
     assert why == "127.0.0.2 is a loopback address"
     assert policy.filter(addrs[:1])[0] == []
+
+
+def test_more_special_ranges_are_refused() -> None:
+    policy = AddressPolicy([])
+    for a, kind in {
+        "192.0.0.8": "IETF",
+        "192.0.0.171": "",  # Python already calls some of the /24 private
+        "fec0::1": "site-local",
+        "2002:7f00:1::1": "6to4",  # carries 127.0.0.1
+        "2002:a00:1::": "6to4",
+    }.items():
+        reason = policy.check(ipaddress.ip_address(a))
+        assert reason is not None and kind in reason, (a, reason)
+
+
+def test_connect_ports_apply_to_socks_connects_too() -> None:
+    policy = AccessPolicy([], default_allow=True, clients=[], connect_ports=[443])
+    policy.check(_req(port=443, method="SOCKS"))
+    with pytest.raises(Refused, match="SOCKS connect to port 25") as info:
+        policy.check(_req(port=25, method="SOCKS"))
+    assert info.value.socks_code == 0x02
+    policy.check(_req(port=8080, method="GET"))  # plain HTTP: the rules' ports decide
+
+
+def _at(req: Request, addr: str) -> Request:
+    return req.at(ipaddress.ip_address(addr))
+
+
+def test_destinations_are_checked_on_the_address_connected_to() -> None:
+    policy = AccessPolicy(
+        [
+            ForwardRule(action="deny", destinations=["127.0.0.0/8"], reason="no loopback"),
+            ForwardRule(action="allow", destinations=["10.1.2.0/24"], users=["alice"]),
+            ForwardRule(action="allow", domains=[".example.test"]),
+        ],
+        default_allow=False,
+        clients=[],
+        connect_ports=[443],
+    )
+    req = _req(host="anything.test")
+    # Before resolution the first rule that could match needs the address: undecided.
+    assert policy.check(req, final=False) is False
+    for spelling in ("127.0.0.1", "127.0.0.2", "::ffff:127.0.0.1"):
+        with pytest.raises(Refused, match="no loopback"):
+            policy.check(_at(req, spelling))
+    assert policy.check(_at(req, "10.1.2.3"))
+    with pytest.raises(Refused, match="no access rule"):
+        policy.check(_at(req, "10.1.3.3"))
+    with pytest.raises(Refused, match="no access rule"):
+        policy.check(_at(_req(host="anything.test", user="bob"), "10.1.2.3"))
+    # Through a parent the address is never known here: destinations do not match.
+    with pytest.raises(Refused, match="no access rule"):
+        policy.check(req, final=True)
+    assert policy.check(_req(host="www.example.test"), final=True)
+    assert policy.uses_destinations
+    assert not AccessPolicy([], True, [], [443]).uses_destinations

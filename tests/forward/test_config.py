@@ -103,3 +103,18 @@ def test_ip_addresses_are_not_domain_patterns(pattern: str) -> None:
     with pytest.raises(ConfigError, match="destinations") as info:
         parse_config(text, "f.yaml")
     assert "f.yaml:3: forward.rules.0.domains" in str(info.value)
+
+
+def test_defaults_deny_and_destinations_parse() -> None:
+    config = parse_config(
+        "forward:\n  listen: ['127.0.0.1:3128']\n"
+        "  rules: [{action: deny, destinations: [10.0.0.0/8, '::1']}]\n"
+    )
+    assert config.forward is not None
+    assert config.forward.default_action == "deny"  # as Squid: what no rule allows is refused
+    assert config.forward.rules[0].destinations == ["10.0.0.0/8", "::1"]
+    with pytest.raises(ConfigError, match="destinations"):
+        parse_config(
+            "forward:\n  listen: ['127.0.0.1:3128']\n"
+            "  rules: [{action: deny, destinations: [not-a-net]}]\n"
+        )

@@ -57,3 +57,42 @@ def test_direct_tunnel_keeps_bytes_the_server_sent_first(monkeypatch: pytest.Mon
     leftover, peer = asyncio.run(main())
     assert leftover == b"220 mail.example.test ESMTP\r\n"
     assert peer == "127.0.0.1:2525"
+
+
+def test_rules_with_destinations_see_every_resolved_address() -> None:
+    from ferryman.config.forward import ForwardRule
+    from ferryman.forward.acl import AccessPolicy, Refused, Request
+
+    access = AccessPolicy(
+        [
+            ForwardRule(action="deny", destinations=["127.0.0.2/32"], reason="not that one"),
+            ForwardRule(action="allow"),
+        ],
+        default_allow=False,
+        clients=[],
+        connect_ports=[443],
+    )
+    hosts = HostsTable(
+        {"two.example.test": ["127.0.0.2", "127.0.0.1"], "bad.example.test": ["127.0.0.2"]}
+    )
+    dialer = Dialer(
+        Resolver(hosts, Dns()),
+        AddressPolicy(["127.0.0.0/8"]),
+        ChainRouter([]),
+        5.0,
+        access,
+    )
+
+    def req(host: str) -> Request:
+        return Request(None, "", frozenset(), host, 443, "CONNECT")
+
+    async def main() -> None:
+        kept = await dialer.allowed_addresses("two.example.test", req("two.example.test"))
+        assert [str(a) for a in kept] == ["127.0.0.1"]
+        with pytest.raises(Refused, match="not that one"):
+            await dialer.allowed_addresses("bad.example.test", req("bad.example.test"))
+        for spelling in ("127.0.0.2", "::ffff:127.0.0.2"):  # literals are addresses too
+            with pytest.raises(Refused, match="not that one"):
+                await dialer.open_tunnel(spelling, 443, req(spelling))
+
+    asyncio.run(main())
