@@ -277,6 +277,18 @@ class Pac(_Model):
             raise ValueError("path must start with '/'")
         return v
 
+    @field_validator("direct")
+    @classmethod
+    def _direct(cls, v: list[str]) -> list[str]:
+        out = []
+        for item in v:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                item = check_domain_pattern(item)  # names in ASCII, as browsers pass them
+            out.append(item)
+        return out
+
 
 class Dns(_Model):
     # How long an answer is kept. getaddrinfo does not report record TTLs, so this is the TTL.

@@ -257,8 +257,8 @@ class ServerMachine:
         cmd = buf[1]
         try:
             decoded = _decode_address(buf, 3)
-        except ValueError:
-            return Failure("address type not supported", self._reply_bytes(ADDRESS_NOT_SUPPORTED))
+        except ValueError as e:
+            return Failure(f"bad address: {e}", self._reply_bytes(ADDRESS_NOT_SUPPORTED))
         if decoded is None:
             return None
         host, port, is_name, end = decoded

@@ -276,6 +276,7 @@ def test_socks5_wrong_password_and_refusals(env: Env) -> None:
     assert socks("blocked.example.test", env.port) == (0, 0x02)
     assert socks("api.example.test", env.closed_port) == (0, 0x05)  # refused
     assert socks("api.example.test", 25) == (0, 0x02)  # not in connect_ports
+    assert socks("api.example.test\r\nX-Injected: 1", 443) == (0, 0x08)  # not a host name
     assert socks("nothing.invalid", env.closed_port) == (0, 0x04)  # no such host
     assert env.log(lambda x: x["proto"] == "socks5" and x["status"] == "407")
     [internal] = env.log(lambda x: x["proto"] == "socks5" and x["dest"].startswith("internal."))

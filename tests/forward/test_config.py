@@ -118,3 +118,11 @@ def test_defaults_deny_and_destinations_parse() -> None:
             "forward:\n  listen: ['127.0.0.1:3128']\n"
             "  rules: [{action: deny, destinations: [not-a-net]}]\n"
         )
+
+
+def test_pac_direct_names_in_ascii() -> None:
+    config = parse_config(
+        "forward:\n  listen: ['127.0.0.1:3128']\n  pac: {direct: ['.bücher.test', 10.0.0.0/8]}\n"
+    )
+    assert config.forward is not None and config.forward.pac is not None
+    assert config.forward.pac.direct == [".xn--bcher-kva.test", "10.0.0.0/8"]
