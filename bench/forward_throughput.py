@@ -188,6 +188,7 @@ forward:
   socks5_listen: ["127.0.0.1:{socks_port}"]
   allow_destinations: [127.0.0.1]
   connect_ports: [{source_port}]
+  default_action: allow
   access_log: {{enabled: false}}
 """
     path = Path(tempfile.mkdtemp(prefix="ferryman-bench-")) / "forward.yaml"
