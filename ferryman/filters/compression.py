@@ -2,9 +2,11 @@
 
 The choice is made once per response in ``on_response``: the client's ``Accept-Encoding``
 (q-values, the server's order among equals), the media type, the length, and the cases that
-must not be touched (already encoded, partial content, HEAD, 204/304, ``no-transform``).
+must not be touched (already encoded, partial content, 204/304, ``no-transform``).
 When it compresses, it drops Content-Length, weakens a strong ETag (the bytes differ from
-the identity representation's), and says ``Vary: Accept-Encoding``.
+the identity representation's), and says ``Vary: Accept-Encoding``. Every response of a
+compressible type says Vary, 206 and 304 included, and a HEAD gets the headers its GET
+would (Content-Encoding, no Content-Length, the weak ETag), so caches see one resource.
 
 The body is compressed chunk by chunk as it streams: each chunk's output is flushed at once
 (a sync flush costs a few bytes), so a slow upstream's data reaches the client as it comes
@@ -30,7 +32,6 @@ except ImportError:  # pragma: no cover - zstd is optional at run time
     zstandard = None
 
 _STATE_KEY = "compression.encoder"
-_SKIP_STATUS = frozenset({204, 206, 304})
 _NAMES = {"br": b"br", "gzip": b"gzip", "zstd": b"zstd"}
 
 
@@ -165,9 +166,12 @@ class Compression(Filter):
         return choice
 
     def on_response(self, ctx: RequestContext, status: int, headers: HeaderList) -> None:
-        if status < 200 or status in _SKIP_STATUS or ctx.method == "HEAD":
+        """Choose the coding. Every response of a compressible type says ``Vary:
+        Accept-Encoding``, 206 and 304 too; a HEAD gets the headers its GET would have."""
+        if status < 200 or status == 204:
             return
-        ctype = length = etag = None
+        ctype = length = etag = whole = None
+        partial = status == 206
         for k, v in headers:
             if k == b"content-type":
                 ctype = v
@@ -178,20 +182,32 @@ class Compression(Filter):
             elif k == b"content-encoding":
                 if v.strip().lower() != b"identity":
                     return
-            elif k == b"content-range" or (k == b"cache-control" and b"no-transform" in v.lower()):
-                return  # partial content, or the origin forbids changing the bytes
+            elif k == b"cache-control" and b"no-transform" in v.lower():
+                return  # the origin forbids changing the bytes
+            elif k == b"content-range":
+                partial = True
+                whole = v.rpartition(b"/")[2]  # the whole representation's size
+        if status == 304 and ctype is None:
+            _add_vary(headers)  # the type is not known here: the 200 may well vary
+            return
         if ctype is None or not self.compressible(ctype):
             return
+        if whole is not None:
+            length = whole
+        length = length.strip() if length is not None else None
         if length is not None and length.isdigit() and int(length) < self.min_length:
             return
         _add_vary(headers)
+        if partial or status == 304:
+            return  # a range of the identity bytes, or no body: nothing to compress
         accept = get(ctx.headers, b"accept-encoding")
         if accept is None:
             return
         coding = self._choose(accept)
         if coding is None:
             return
-        ctx.state[_STATE_KEY] = _ENCODERS[coding](self.levels[coding])
+        if ctx.method != "HEAD":  # a HEAD has no body to compress, only GET's headers
+            ctx.state[_STATE_KEY] = _ENCODERS[coding](self.levels[coding])
         remove(headers, (b"content-length", b"accept-ranges"))
         set_(headers, b"content-encoding", _NAMES[coding])  # replaces an "identity"
         if etag is not None and etag.startswith(b'"'):

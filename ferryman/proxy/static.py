@@ -213,17 +213,21 @@ class StaticFiles:
         if config.expires is not None:
             validators.append((b"expires", http_date(time.time() + config.expires)))
         status = precondition(ctx.method, ctx.headers, etag, mtime)
+        ctype = self.content_type(path)
         if status == 304:
             os.close(fd)
-            self.chain.run_response(ctx, 304, validators)
-            downstream.start_response(304, validators, 0)
+            # The filters see the type and size the 200 would have (so compression adds the
+            # same Vary); a 304 does not send them.
+            probe = [*validators, (b"content-type", ctype), (b"content-length", b"%d" % size)]
+            self.chain.run_response(ctx, 304, probe)
+            sent = [h for h in probe if h[0] not in (b"content-type", b"content-length")]
+            downstream.start_response(304, sent, 0)
             downstream.finish()
             return None
         if status == 412:
             os.close(fd)
             downstream.error(412, "a precondition of the request failed")
             return None
-        ctype = self.content_type(path)
         headers: HeaderList = [(b"content-type", ctype), (b"accept-ranges", b"bytes")]
         headers += validators
         segments: list[tuple[bytes, int, int]] = [(b"", 0, size)]

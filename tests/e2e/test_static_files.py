@@ -159,3 +159,28 @@ def test_refusals_and_directories(site: Site) -> None:
         assert c.get("/files/nothing-here").status_code == 404
         assert c.get("/files/pipe", timeout=3).status_code == 404
         assert c.get("/files/docs/").status_code == 200  # and the server still answers
+
+
+def test_head_206_and_304_agree_with_a_compressed_get(site: Site) -> None:
+    gz = {"accept-encoding": "gzip"}
+    with httpx.Client(base_url=site.base) as c:
+        got = c.get("/files/big.txt", headers=gz)
+        assert got.headers["content-encoding"] == "gzip"
+        head = c.head("/files/big.txt", headers=gz)
+        for name in ("content-encoding", "vary", "etag"):
+            assert head.headers.get(name) == got.headers.get(name), name
+        assert head.headers["etag"].startswith("W/")
+        assert "content-length" not in head.headers
+        assert "accept-ranges" not in head.headers
+        part = c.get("/files/big.txt", headers={**gz, "range": "bytes=0-9"})
+        assert part.status_code == 206
+        assert part.headers["vary"] == "Accept-Encoding"
+        same = c.get("/files/big.txt", headers={**gz, "if-none-match": got.headers["etag"]})
+        assert same.status_code == 304
+        assert same.headers["vary"] == "Accept-Encoding"
+        assert "content-type" not in same.headers
+        # A type that is never compressed says no Vary, in a 200 or a 304.
+        plain = c.get("/files/big.bin", headers=gz)
+        assert "vary" not in plain.headers
+        etag = plain.headers["etag"]
+        assert "vary" not in c.get("/files/big.bin", headers={"if-none-match": etag}).headers

@@ -84,7 +84,6 @@ def test_compresses_and_fixes_headers() -> None:
         (204, "GET", [], b"application/json", 5000),
         (304, "GET", [], b"application/json", 5000),
         (206, "GET", [(b"content-range", b"bytes 0-9/100")], b"application/json", 10),
-        (200, "HEAD", [], b"application/json", 5000),
         (200, "GET", [(b"content-encoding", b"br")], b"application/json", 5000),
         (200, "GET", [(b"cache-control", b"public, no-transform")], b"application/json", 5000),
         (200, "GET", [], b"image/png", 5000),
@@ -100,6 +99,45 @@ def test_left_alone(status: int, method: str, extra: HeaderList, ctype: bytes, l
     assert headers[: len(before)] == before
     assert get(headers, b"content-encoding") in (None, b"br")
     assert f.on_response_body(c, b"data", False) == b"data"
+
+
+def test_head_gets_the_headers_of_its_get() -> None:
+    f = make()
+    get_headers, head_headers = response(), response()
+    get_headers.append((b"accept-ranges", b"bytes"))
+    head_headers.append((b"accept-ranges", b"bytes"))
+    f.on_response(ctx("gzip"), 200, get_headers)
+    c = ctx("gzip", "HEAD")
+    f.on_response(c, 200, head_headers)
+    assert head_headers == get_headers
+    assert get(head_headers, b"content-encoding") == b"gzip"
+    assert get(head_headers, b"etag") == b'W/"abc"'
+    assert get(head_headers, b"content-length") is None
+    assert f.on_response_body(c, b"", True) == b""  # nothing to compress for a HEAD
+
+
+@pytest.mark.parametrize(
+    ("status", "extra", "vary"),
+    [
+        (206, [(b"content-range", b"bytes 0-9/5000")], True),
+        (206, [(b"content-range", b"bytes 0-9/500")], False),  # whole file under min_length
+        (304, [], True),
+    ],
+)
+def test_partial_and_not_modified_say_vary(status: int, extra: HeaderList, vary: bool) -> None:
+    f = make()
+    c = ctx("gzip")
+    headers = extra + response(length=10 if status == 206 else None)
+    f.on_response(c, status, headers)
+    assert get(headers, b"vary") == (b"Accept-Encoding" if vary else None)
+    assert get(headers, b"content-encoding") is None
+    assert f.on_response_body(c, b"data", False) == b"data"
+    bare: HeaderList = [(b"etag", b'"abc"')]  # a 304 with no type: it may vary
+    f.on_response(ctx("gzip"), 304, bare)
+    assert get(bare, b"vary") == b"Accept-Encoding"
+    images = response(b"image/png")
+    f.on_response(ctx("gzip"), 304, images)
+    assert get(images, b"vary") is None
 
 
 def test_no_accept_encoding_still_says_vary() -> None:
