@@ -135,9 +135,12 @@ def _name(raw: bytes) -> str:
     return host
 
 
-def _decode_address(buf: bytes | bytearray, at: int) -> tuple[str, int, bool, int] | None:
+def _decode_address(
+    buf: bytes | bytearray, at: int, check_name: bool = True
+) -> tuple[str, int, bool, int] | None:
     """(host, port, is_name, end) of the address at ``buf[at]``; None if incomplete.
-    Raises ValueError for an unknown address type."""
+    Raises ValueError for an unknown address type or (``check_name``) a bad name. A
+    parent's reply is read with ``check_name`` false: its bound address is not used."""
     if len(buf) <= at:
         return None
     atyp = buf[at]
@@ -160,7 +163,8 @@ def _decode_address(buf: bytes | bytearray, at: int) -> tuple[str, int, bool, in
         end = at + 2 + n + 2
         if len(buf) < end:
             return None
-        host = _name(bytes(buf[at + 2 : at + 2 + n]))
+        raw = bytes(buf[at + 2 : at + 2 + n])
+        host = _name(raw) if check_name else raw.decode("latin-1")
         is_name = True
     else:
         raise ValueError(f"address type {atyp}")
@@ -392,7 +396,7 @@ class ClientMachine:
                 if len(buf) < 4:
                     return out, False, b""
                 try:
-                    decoded = _decode_address(buf, 3)
+                    decoded = _decode_address(buf, 3, check_name=False)
                 except ValueError:
                     raise SocksError("bad reply from the parent SOCKS5 proxy") from None
                 if decoded is None:

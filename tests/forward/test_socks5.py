@@ -240,3 +240,12 @@ def test_bytes_sent_ahead_while_waiting_are_bounded() -> None:
     assert isinstance(ev, Connect) and m.waiting and m.leftover == b"y" * 100
     [ev] = m.feed(b"y" * socks5.MAX_PENDING)
     assert isinstance(ev, Failure)
+
+
+def test_client_accepts_any_bound_name_in_the_parents_reply() -> None:
+    c = ClientMachine("a.test", 443)
+    c.start()
+    out, done, rest = c.feed(b"\x05\x00")
+    assert out.startswith(b"\x05\x01\x00\x03")
+    out, done, rest = c.feed(b"\x05\x00\x00\x03\x00\x00\x00data")  # an empty bound name
+    assert done and rest == b"data"
