@@ -43,7 +43,11 @@ class ListenerTls:
                 default = ctx
             for name in server.server_names or cert_names:
                 name = name.lower().rstrip(".")
-                if name.startswith("*."):
+                if name.startswith("."):
+                    # nginx's ".example.com": example.com itself and *.example.com.
+                    self.exact.setdefault(name[1:], ctx)
+                    self.wildcards.append((name, ctx))
+                elif name.startswith("*."):
                     self.wildcards.append((name[1:], ctx))
                 else:
                     self.exact.setdefault(name, ctx)
@@ -57,7 +61,7 @@ class ListenerTls:
     ) -> tuple[ssl.SSLContext, list[str]]:
         cert, key = Path(tls.cert), Path(tls.key)
         if tls.auto_create and create_missing and not (cert.exists() and key.exists()):
-            made = [n for n in names if not n.startswith(".")] or ["localhost"]
+            made = [m for n in names for m in _cert_names(n)] or ["localhost"]
             make_cert(made, cert, key, default_ca_dir())
         cert_names = check_pair(cert, key)
         settings = self.settings
@@ -97,6 +101,13 @@ class ListenerTls:
             if chosen is not None and chosen is not ctx:
                 sslobj.context = chosen
         return None
+
+
+def _cert_names(name: str) -> list[str]:
+    """The certificate names a server name needs: ``.example.com`` stands for two."""
+    if name.startswith("."):
+        return [name[1:], "*" + name]
+    return [name]
 
 
 def tls_facts(transport: Any) -> tuple[dict[str, str], str | None]:

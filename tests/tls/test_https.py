@@ -336,3 +336,29 @@ def test_settings_announced(certs: Certs, edge: tuple[int, Proc]) -> None:
     # The connection window was opened to 16 MiB at once, not left at 64 KiB.
     assert c.conn.outbound_flow_control_window == 16 << 20
     c.close()
+
+
+def test_a_leading_dot_name_is_chosen_by_sni(certs: Certs) -> None:
+    from ferryman.config.schema import Http2, Server
+    from ferryman.server.tls import ListenerTls
+
+    def server(names: list[str], stem: str) -> Server:
+        cert, key = certs.make(stem, *[n.lstrip(".") for n in names])
+        return Server.model_validate(
+            {
+                "listen": ["127.0.0.1:1"],
+                "server_names": names,
+                "tls": {"cert": str(cert), "key": str(key)},
+                "routes": [{"path": "/", "respond": {"body": "ok"}}],
+            }
+        )
+
+    tls = ListenerTls(
+        "127.0.0.1:1", [server(["a.test"], "a"), server([".example.com"], "e")], Http2()
+    )
+    dotted = tls.lookup("example.com")
+    assert dotted is not None and dotted is not tls.context
+    assert tls.lookup("www.example.com") is dotted
+    assert tls.lookup("EXAMPLE.com.") is dotted
+    assert tls.lookup("notexample.com") is None
+    assert tls.lookup("a.test") is tls.context
