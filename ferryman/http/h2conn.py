@@ -256,8 +256,9 @@ class RequestHead:
 
 # RFC 9113 8.2.1: lower-case tokens only; values without CR, LF or NUL, and without
 # leading or trailing whitespace. Anything else could split a request on an HTTP/1.1 upstream.
+# Other controls (but HTAB) are refused too, as the HTTP/1.1 parser refuses them (RFC 9110 5.5).
 _BAD_NAME = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9a-z]")
-_BAD_VALUE = re.compile(rb"[\r\n\x00]|^[ \t]|[ \t]$")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]|^[ \t]|[ \t]$")
 # What each pseudo-header may be, checked before anything goes into an HTTP/1.1 request line:
 # a method is a token (RFC 9110 9.1); a path is origin-form, no space, control or DEL;
 # an authority is host[:port] with no userinfo (RFC 9113 8.3.1); a scheme is a URI scheme.

@@ -58,6 +58,11 @@ def block(*changes: tuple[bytes, bytes], drop: tuple[bytes, ...] = ()) -> Block:
         (block((b":path", b"*")), True),  # only for OPTIONS
         (block((b":path", b"")), True),
         (block((b"", b"x")), True),
+        (block((b"x-c", b"a\x01\x7fb")), True),
+        (block((b"x-c", b"a\rb")), True),
+        (block((b":path", b"http://evil/x")), True),
+        (block((b"x:y", b"z")), True),
+        (block((b"te", b"trailers, gzip")), True),
         (block((b"x y", b"x")), True),
         (block((b":authority", b"a.test evil@x")), True),
         (block((b":authority", b"user@a.test")), True),
@@ -86,6 +91,8 @@ def test_request_heads_accepted() -> None:
     assert head.target == b"*"
     head = request_head(block((b"host", b"h.test"), drop=(b":authority",)), True)
     assert head.headers[0] == (b"host", b"h.test")
+    head = request_head(block((b"x-tab", b"a\tb"), (b"x-utf8", "é".encode())), True)
+    assert (b"x-tab", b"a\tb") in head.headers
     head = request_head(block((b":method", b"POST"), (b"content-length", b"0")), True)
     assert head.content_length == 0
     head = request_head(block((b":method", b"POST"), (b"content-length", b"60")), False)
