@@ -35,6 +35,7 @@ from h2.exceptions import DenialOfServiceError, ProtocolError, TooManyStreamsErr
 from h2.settings import SettingCodes
 from h2.stream import StreamInputs
 from hpack.exceptions import HPACKError, OversizedHeaderListError
+from hyperframe.frame import Frame, HeadersFrame
 
 from ferryman.http.headers import HOP_BY_HOP, HeaderList, connection_tokens
 
@@ -95,6 +96,16 @@ class _Connection(H2Connection):
     # How many closed streams h2 remembers (to tell a late frame from a bad one): its default
     # of 65,536 is several MB on one long-lived connection; a few round trips' worth will do.
     MAX_CLOSED_STREAMS = 1024
+
+    def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[Event]]:
+        # A body's length against content-length is checked per stream by the server (a
+        # stream error); h2's own check would end the whole connection. The fast path in
+        # ``ServerH2._request`` never sets it; this is the same for heads h2 reads itself.
+        frames, events = super()._receive_headers_frame(frame)
+        stream = self.streams.get(frame.stream_id)
+        if stream is not None:
+            stream._expected_content_length = None
+        return frames, events
 
 
 class ServerH2:
@@ -184,7 +195,12 @@ class ServerH2:
                     if slow >= 0:
                         events += conn.receive_data(bytes(buf[slow:pos]))
                         slow = -1
-                    if not conn.incoming_buffer._headers_buffer:
+                    # Checked again: the frames just passed on may have opened this stream
+                    # (these are then its trailers), or begun a header block.
+                    if (
+                        sid > conn.highest_inbound_stream_id
+                        and not conn.incoming_buffer._headers_buffer
+                    ):
                         events += self._request(sid, bytes(buf[pos + 9 : end]), buf[pos + 4] & 1)
                         pos = end
                         continue

@@ -20,7 +20,7 @@ from tests.support.procs import Proc, free_port
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, RST_STREAM, SETTINGS, GOAWAY = 0, 1, 3, 4, 7
-END_STREAM, END_HEADERS = 0x1, 0x4
+END_STREAM, END_HEADERS, PRIORITY = 0x1, 0x4, 0x20
 PROTOCOL_ERROR = 0x1
 
 Block = list[tuple[bytes, bytes]]
@@ -115,11 +115,13 @@ class Client:
         self.frames: list[tuple[int, int, int, bytes]] = []
         self.closed = False
 
-    def headers(self, sid: int, headers: Block, end_stream: bool) -> None:
+    def headers(self, sid: int, headers: Block, end_stream: bool, priority: bool = False) -> None:
         payload = self.encoder.encode(headers)
-        self.sock.sendall(
-            frame(HEADERS, END_HEADERS | (END_STREAM if end_stream else 0), sid, payload)
-        )
+        flags = END_HEADERS | (END_STREAM if end_stream else 0)
+        if priority:  # as browsers send them: read by h2 itself, not the fast path
+            flags |= PRIORITY
+            payload = struct.pack(">LB", 0, 15) + payload
+        self.sock.sendall(frame(HEADERS, flags, sid, payload))
 
     def data(self, sid: int, data: bytes, end_stream: bool) -> None:
         self.sock.sendall(frame(DATA, END_STREAM if end_stream else 0, sid, data))
@@ -203,22 +205,24 @@ def post(path: bytes, length: int) -> Block:
     return block((b":method", b"POST"), (b":path", path), (b"content-length", b"%d" % length))
 
 
-def test_content_length_without_a_body_resets_the_stream(port: int) -> None:
+@pytest.mark.parametrize("priority", [False, True])
+def test_content_length_without_a_body_resets_the_stream(port: int, priority: bool) -> None:
     c = Client(port)
-    c.headers(1, post(b"/ka/attacker", 60), end_stream=True)
+    c.headers(1, post(b"/ka/attacker", 60), end_stream=True, priority=priority)
     assert c.wait(1) == ("reset", PROTOCOL_ERROR)
     c.headers(3, GET, end_stream=True)  # the connection goes on
     assert c.wait(3) == ("status", 200)
     c.close()
 
 
-def test_a_body_shorter_than_content_length_resets_the_stream(port: int) -> None:
+@pytest.mark.parametrize("priority", [False, True])
+def test_a_body_shorter_than_content_length_resets_the_stream(port: int, priority: bool) -> None:
     c = Client(port)
-    c.headers(1, post(b"/up", 60), end_stream=False)
+    c.headers(1, post(b"/up", 60), end_stream=False, priority=priority)
     c.data(1, b"x" * 10, end_stream=False)
     c.headers(1, [(b"x-trailer", b"1")], end_stream=True)  # ends without the other 50
     assert c.wait(1) == ("reset", PROTOCOL_ERROR)
-    c.headers(3, post(b"/up", 60), end_stream=False)
+    c.headers(3, post(b"/up", 60), end_stream=False, priority=priority)
     c.data(3, b"x" * 10, end_stream=True)
     assert c.wait(3) == ("reset", PROTOCOL_ERROR)
     c.headers(5, GET, end_stream=True)
@@ -226,12 +230,15 @@ def test_a_body_shorter_than_content_length_resets_the_stream(port: int) -> None
     c.close()
 
 
-def test_a_body_longer_than_content_length_resets_only_the_stream(port: int) -> None:
+@pytest.mark.parametrize("priority", [False, True])
+def test_a_body_longer_than_content_length_resets_only_the_stream(
+    port: int, priority: bool
+) -> None:
     c = Client(port)
-    c.headers(1, post(b"/up", 5), end_stream=False)
+    c.headers(1, post(b"/up", 5), end_stream=False, priority=priority)
     c.data(1, b"x" * 10, end_stream=True)
     assert c.wait(1) == ("reset", PROTOCOL_ERROR)
-    c.headers(3, post(b"/up", 5), end_stream=False)
+    c.headers(3, post(b"/up", 5), end_stream=False, priority=priority)
     c.data(3, b"x" * 5, end_stream=True)
     assert c.wait(3) == ("status", 200)
     c.close()
@@ -331,3 +338,32 @@ def test_held_body_bytes_are_acknowledged_when_the_stream_ends(end: str) -> None
         stream.finish()
         stream.on_data(b"x" * 50, 50)  # the rest of the upload, read and dropped
     assert conn.acked == (450 if end == "finish" else 400)
+
+
+def test_trailers_in_the_same_read_as_a_prioritised_head() -> None:
+    # A head h2 reads itself (PRIORITY flag), its body and its trailers in one read: the
+    # trailers are not taken for a new stream's head.
+    from ferryman.http.h2conn import PREFACE as SERVER_PREFACE
+    from ferryman.http.h2conn import Limits, ServerH2
+
+    server = ServerH2(Limits())
+    server.initiate()
+    server.take()
+    server.receive(SERVER_PREFACE + frame(SETTINGS, 0, 0), 0.0)
+    enc = hpack.Encoder()
+    head = struct.pack(">LB", 0, 15) + enc.encode(post(b"/up", 10))
+    trailers = enc.encode([(b"x-trailer", b"1")])
+    events = server.receive(
+        frame(HEADERS, END_HEADERS | PRIORITY, 1, head)
+        + frame(DATA, 0, 1, b"x" * 10)
+        + frame(HEADERS, END_HEADERS | END_STREAM, 1, trailers),
+        0.0,
+    )
+    kinds = [type(e).__name__ for e in events]
+    assert kinds == [
+        "RequestReceived",
+        "PriorityUpdated",
+        "DataReceived",
+        "TrailersReceived",
+        "StreamEnded",
+    ]
