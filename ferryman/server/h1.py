@@ -323,15 +323,7 @@ class H1Connection(asyncio.Protocol):
         if self.ctx is not ctx or self._state == CLOSED:
             return
         pending, self._pending = self._pending, None
-        if answer is not None:
-            self.respond(answer.status, answer.headers, answer.body)
-            return
-        self.dispatch(ctx, route)
-        if self.exchange is not None and pending:
-            for data in pending:
-                self.exchange.on_request_body(data)
-        if self.exchange is not None and self._request_done:
-            self.exchange.on_request_end()
+        pipeline.go_on(self, ctx, route, answer, pending, self._request_done)
 
     def dispatch(self, ctx: RequestContext, route: CompiledRoute) -> None:
         if self._in_feed and self._body_expected:

@@ -86,15 +86,7 @@ class H2Stream:
         if self.conn.streams.get(self.stream_id) is not self:
             return
         pending, self.pending = self.pending, None
-        if answer is not None:
-            self.respond(answer.status, answer.headers, answer.body)
-            return
-        self.dispatch(ctx, route)
-        if self.exchange is not None and pending:
-            for data in pending:
-                self.exchange.on_request_body(data)
-        if self.exchange is not None and self.request_done:
-            self.exchange.on_request_end()
+        pipeline.go_on(self, ctx, route, answer, pending, self.request_done)
 
     def internal_error(self, exc: Exception) -> None:
         if not self.started:

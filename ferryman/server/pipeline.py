@@ -16,6 +16,7 @@ from ferryman.filters.base import FilterChain
 from ferryman.http.conditional import date_now
 from ferryman.http.errors import error_body
 from ferryman.http.headers import HeaderList
+from ferryman.proxy.api import Exchange
 from ferryman.routing.table import CompiledRoute, HostTable, VirtualHost
 from ferryman.server.tasks import spawn
 
@@ -29,6 +30,7 @@ class Side(Protocol):
 
     vhost: VirtualHost | None
     keep_alive: bool
+    exchange: Exchange | None
 
     def respond(self, status: int, headers: HeaderList, body: bytes) -> None: ...
     def error(self, status: int, message: str) -> None: ...
@@ -93,6 +95,28 @@ async def _filter_async(
         side.internal_error(e)
         return
     side.filters_done(ctx, route, answer)
+
+
+def go_on(
+    side: Side,
+    ctx: RequestContext,
+    route: CompiledRoute,
+    answer: Response | None,
+    held: list[bytes] | None,
+    body_done: bool,
+) -> None:
+    """Request filters have finished: send their answer, or start the handler and give it the
+    body that arrived meanwhile."""
+    if answer is not None:
+        side.respond(answer.status, answer.headers, answer.body)
+        return
+    side.dispatch(ctx, route)
+    for data in held or ():
+        if side.exchange is None:
+            return
+        side.exchange.on_request_body(data)
+    if body_done and side.exchange is not None:
+        side.exchange.on_request_end()
 
 
 class Responder(Protocol):
