@@ -521,19 +521,11 @@ class H1Connection(asyncio.Protocol):
     # ending a request
 
     def _chain(self) -> FilterChain:
-        ctx = self.ctx
-        if ctx is not None and ctx.route is not None:
-            return ctx.route.chain
-        vhost = self.vhost or self.listener.hosts.default
-        return vhost.chain
+        route = self.ctx.route if self.ctx is not None else None
+        return pipeline.chain_for(route, self.vhost or self.listener.hosts.default)
 
     def _log(self, ctx: RequestContext) -> None:
-        route = ctx.route
-        if route is not None:
-            if route.access_log:
-                route.chain.run_log(ctx)
-        else:
-            (self.vhost or self.listener.hosts.default).chain.run_log(ctx)
+        pipeline.log_request(ctx, self.vhost or self.listener.hosts.default)
 
     def _response_done(self) -> None:
         if self._buffer_set and self.transport is not None:

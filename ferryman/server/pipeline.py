@@ -22,6 +22,7 @@ from ferryman.server.tasks import spawn
 
 log = logging.getLogger("ferryman")
 
+# The gateway's "no route" answer; with ``error_format: html`` the usual HTML error instead.
 _NOT_FOUND = b'{"error": "Route not found"}'
 
 
@@ -59,7 +60,10 @@ def start(
     route = vhost.match(ctx.path)
     ctx.route = route
     if route is None:
-        side.respond(404, [(b"content-type", b"application/json")], _NOT_FOUND)
+        if vhost.error_format == "json":
+            side.respond(404, [(b"content-type", b"application/json")], _NOT_FOUND)
+        else:
+            side.error(404, "Route not found")
         return
     if route.methods is not None and ctx.method not in route.methods:
         side.respond(405, [(b"allow", ", ".join(sorted(route.methods)).encode())], b"")
@@ -117,6 +121,20 @@ def go_on(
         side.exchange.on_request_body(data)
     if body_done and side.exchange is not None:
         side.exchange.on_request_end()
+
+
+def chain_for(route: CompiledRoute | None, vhost: VirtualHost) -> FilterChain:
+    """The filters a response goes through: its route's, or its server's when none matched."""
+    return route.chain if route is not None else vhost.chain
+
+
+def log_request(ctx: RequestContext, vhost: VirtualHost) -> None:
+    """The ``on_log`` phase, unless the route keeps out of the access log."""
+    route = ctx.route
+    if route is None:
+        vhost.chain.run_log(ctx)
+    elif route.access_log:
+        route.chain.run_log(ctx)
 
 
 class Responder(Protocol):

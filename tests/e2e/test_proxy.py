@@ -541,3 +541,22 @@ servers:
         time.sleep(0.05)
     time.sleep(0.2)
     assert log_path.read_text() == f"GET /logged -> 127.0.0.1:{oport} 200 200\n"
+
+
+def test_no_route_follows_the_servers_error_format(ferryman: Callable[..., Proc]) -> None:
+    port = free_port()
+    ferryman(
+        f"""
+workers: 1
+servers:
+  - listen: ["127.0.0.1:{port}"]
+    error_format: html
+    routes:
+      - {{path: /only, match: exact, respond: {{body: "x"}}}}
+""",
+        port,
+    )
+    r = httpx.get(f"http://127.0.0.1:{port}/elsewhere")
+    assert r.status_code == 404
+    assert r.headers["content-type"].startswith("text/html")
+    assert "Route not found" in r.text
