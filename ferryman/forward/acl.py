@@ -204,17 +204,14 @@ class AccessPolicy:
         self.default_allow = default_allow
         self.clients = NetSet(clients)
         self.connect_ports = frozenset(connect_ports)
+        # Whether some rule looks at the address connected to (``destinations``).
+        self.uses_destinations = any(r.destinations for r in self.rules)
 
     def client_allowed(self, client: IPAddress | None) -> bool:
         """The network check done before anything else, authentication included."""
         if not self.clients:
             return True
         return client is not None and self.clients.contains(client)
-
-    @property
-    def uses_destinations(self) -> bool:
-        """Whether some rule looks at the address connected to (``destinations``)."""
-        return any(r.destinations for r in self.rules)
 
     def check(self, req: Request, final: bool = True) -> bool:
         """Raise :class:`Refused` (403) unless the request may go on.
