@@ -134,7 +134,6 @@ def dummy_hash(kind: str) -> str:
 
 class Authenticator:
     def __init__(self, config: ForwardAuth) -> None:
-        self.realm = config.realm
         self.challenge = b'Basic realm="%s", charset="UTF-8"' % config.realm.encode("latin-1")
         self._path = config.htpasswd
         self._config_users = {name: u.password for name, u in config.users.items()}
@@ -158,9 +157,10 @@ class Authenticator:
         self._key = os.urandom(32)
         self._cache: dict[str, tuple[bytes, float]] = {}
         self._checks = asyncio.Semaphore(4)  # bounds the CPU a flood of bad passwords takes
+        self._users: dict[str, str] = {}
         self._dummy = ""
         self._dummy_kind = ""
-        self.dummy()  # made now, so the first unknown user takes no longer than the next
+        self._merge()  # the dummy made now, so the first unknown user takes no longer
 
     def groups(self, user: str) -> frozenset[str]:
         return self._groups.get(user, frozenset())
@@ -168,7 +168,17 @@ class Authenticator:
     @property
     def users(self) -> Mapping[str, str]:
         self._reload_if_changed()
-        return {**self._file_users, **self._config_users}
+        return self._users
+
+    def _merge(self) -> None:
+        """The users of the file and the config (the config's win), and the hash an unknown
+        user's password is checked against: the kind and cost of the costliest configured
+        hash (made again when that changes). Done at start and when the file changes."""
+        self._users = {**self._file_users, **self._config_users}
+        kind = dummy_kind(list(self._users.values()))
+        if kind != self._dummy_kind:
+            self._dummy = dummy_hash(kind)
+            self._dummy_kind = kind
 
     def _reload_if_changed(self) -> None:
         if self._path is None:
@@ -183,17 +193,9 @@ class Authenticator:
                 self._file_users = read_htpasswd(self._path)
                 self._mtime = mtime
                 self._cache.clear()
+                self._merge()
         except (OSError, AuthConfigError):
             pass  # keep the users we have; a half-written file must not lock everyone out
-
-    def dummy(self) -> str:
-        """The hash an unknown user's password is checked against: the kind and cost of
-        the costliest configured hash (made again when that changes)."""
-        kind = dummy_kind(list(self.users.values()))
-        if kind != self._dummy_kind:
-            self._dummy = dummy_hash(kind)
-            self._dummy_kind = kind
-        return self._dummy
 
     def _mac(self, user: str, password: str) -> bytes:
         msg = user.encode("utf-8") + b"\0" + password.encode("utf-8")
@@ -214,10 +216,10 @@ class Authenticator:
     async def verify(self, user: str, password: str) -> bool:
         if too_long(user) or too_long(password):
             return False  # refused before any hashing: the work grows with the length
-        if self.cached(user, password):
+        if self.cached(user, password):  # which also reads a changed htpasswd file again
             return True
-        hashed = self.users.get(user)
-        dummy = self.dummy() if hashed is None else ""
+        hashed = self._users.get(user)
+        dummy = self._dummy
         async with self._checks:
             loop = asyncio.get_running_loop()
             if hashed is None:
