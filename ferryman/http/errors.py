@@ -19,8 +19,3 @@ def error_body(status: int, message: str, fmt: str = "json") -> tuple[bytes, byt
         )
         return b"text/html; charset=utf-8", body.encode()
     return b"application/json", json.dumps({"error": title, "message": message}).encode()
-
-
-def json_error(error: str, message: str | None = None) -> bytes:
-    record = {"error": error} if message is None else {"error": error, "message": message}
-    return json.dumps(record).encode()

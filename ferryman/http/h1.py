@@ -89,16 +89,16 @@ class _ParserBase:
     """What request and response parsers share: error mapping, the upgrade offset, and a
     cheap bound on the size of the head being parsed (the bytes fed since it began)."""
 
-    __slots__ = ("_chunk", "_head_limit", "_head_size", "_in_head", "_parser")
+    __slots__ = ("_head_limit", "_head_size", "_in_head", "_parser")
     _parser: httptools.HttpRequestParser | httptools.HttpResponseParser
     _head_limit: int
     _too_large: int
 
     def feed(self, data: bytes) -> int | None:
         """Parse ``data``; the offset where tunnelled bytes start after an upgrade, else None."""
-        self._chunk = len(data)
+        chunk = len(data)
         if self._in_head:
-            self._head_size += self._chunk
+            self._head_size += chunk
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -145,7 +145,7 @@ class RequestParser(_ParserBase):
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: HeaderList = []
-        self._head_size = self._chunk = 0
+        self._head_size = 0
         self._in_head = True
         self._head_limit = limits.max_header_size + limits.max_request_line
 
@@ -263,7 +263,7 @@ class ResponseParser(_ParserBase):
         self._parser = httptools.HttpResponseParser(self)
         self._headers: HeaderList = []
         self._bodyless = False
-        self._head_size = self._chunk = 0
+        self._head_size = 0
         self._in_head = True
         self._head_limit = max_header_size
         # ``done`` once the final response to the current request has ended; anything parsed

@@ -43,7 +43,6 @@ class ProxyRoute:
     """The handler object of a ``proxy`` route, built once at config load."""
 
     def __init__(self, config: ProxyHandler, group: UpstreamGroup, chain: FilterChain) -> None:
-        self.config = config
         self.group = group
         self.chain = chain
         self.connect_timeout = config.timeouts.connect
