@@ -172,7 +172,8 @@ class RespondHandler(Model):
 
 
 class RedirectHandler(Model):
-    # ``$scheme``, ``$host``, ``$request_uri``, ``$uri``, ``$args`` are expanded per request.
+    # ``$scheme``, ``$host``, ``$request_uri``, ``$uri``, ``$args``, ``$server_port`` are
+    # expanded per request.
     to: str
     status: Literal[301, 302, 303, 307, 308] = 301
 
