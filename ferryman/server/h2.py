@@ -40,7 +40,6 @@ from ferryman.context import RequestContext
 from ferryman.http.h2conn import (
     Abuse,
     BadRequest,
-    Limits,
     ServerH2,
     encode_response,
     request_head,
@@ -87,18 +86,7 @@ class H2Server(asyncio.Protocol):
     def __init__(self, listener: Listener, tls: dict[str, str] | None) -> None:
         self.listener = listener
         self.tls = tls
-        cfg = listener.http2
-        self.h2 = ServerH2(
-            Limits(
-                cfg.max_concurrent_streams,
-                cfg.max_header_list_size,
-                cfg.initial_window_size,
-                cfg.connection_window_size,
-                cfg.max_frame_size,
-                cfg.max_resets_per_second,
-                cfg.max_control_frames_per_second,
-            )
-        )
+        self.h2 = ServerH2(listener.h2_limits)
         self.transport: Any = None
         self.streams: dict[int, H2Stream] = {}
         self.total_streams = 0

@@ -9,6 +9,7 @@ from ferryman.config.base import parse_hostport
 from ferryman.config.schema import Http2
 from ferryman.config.schema import Limits as LimitsConfig
 from ferryman.http.h1 import Limits
+from ferryman.http.h2conn import Limits as H2Limits
 from ferryman.routing.table import HostTable
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ class Listener:
         "connections",
         "draining",
         "forward",
+        "h2_limits",
         "hosts",
         "http2",
         "limits",
@@ -51,7 +53,16 @@ class Listener:
         )
         self.scheme = "https" if tls is not None else scheme
         self.tls = tls
-        self.http2 = http2 or Http2()
+        self.http2 = cfg = http2 or Http2()
+        self.h2_limits = H2Limits(
+            cfg.max_concurrent_streams,
+            cfg.max_header_list_size,
+            cfg.initial_window_size,
+            cfg.connection_window_size,
+            cfg.max_frame_size,
+            cfg.max_resets_per_second,
+            cfg.max_control_frames_per_second,
+        )
         # The forward-proxy side for absolute-form requests and CONNECT, when configured.
         self.forward = forward
         self.connections: set[H1Connection | H2Server] = set()
