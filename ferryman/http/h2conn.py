@@ -37,7 +37,7 @@ from h2.stream import StreamInputs
 from hpack.exceptions import HPACKError, OversizedHeaderListError
 from hyperframe.frame import Frame, HeadersFrame
 
-from ferryman.http.headers import HOP_BY_HOP, HeaderList, connection_tokens
+from ferryman.http.headers import HOP_BY_HOP, HeaderList, strip_hop_by_hop
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -367,10 +367,8 @@ _DROP = HOP_BY_HOP | {b"host"}
 
 def response_block(status: int, headers: HeaderList) -> HeaderList:
     """A response head for HTTP/2: ``:status`` first, connection-specific fields gone."""
-    tokens = connection_tokens(headers)
-    drop = _DROP | tokens if tokens else _DROP
     out: HeaderList = [(b":status", b"%d" % status)]
-    out += [(k.lower(), v) for k, v in headers if k.lower() not in drop]
+    out += strip_hop_by_hop([(k.lower(), v) for k, v in headers], _DROP)
     return out
 
 

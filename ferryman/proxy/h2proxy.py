@@ -18,7 +18,7 @@ import time
 from ferryman.config.schema import ProxyHandler
 from ferryman.context import RequestContext
 from ferryman.filters.base import BodyFilter, FilterChain
-from ferryman.http.headers import HOP_BY_HOP, HeaderList, connection_tokens
+from ferryman.http.headers import HOP_BY_HOP, HeaderList, strip_hop_by_hop
 from ferryman.proxy.api import Downstream, Exchange
 from ferryman.server.h2stream import H2Stream
 from ferryman.server.tasks import spawn
@@ -317,9 +317,7 @@ def _content_length(headers: HeaderList) -> int | None:
 
 
 def _request_headers(headers: HeaderList) -> HeaderList:
-    tokens = connection_tokens(headers)
-    drop = _DROP | tokens if tokens else _DROP
-    out = [(k, v) for k, v in headers if k not in drop]
+    out = strip_hop_by_hop(headers, _DROP)
     # HTTP/2 allows ``te: trailers`` only; gRPC servers insist on it.
     if any(k == b"te" and b"trailers" in v.lower() for k, v in headers):
         out.append((b"te", b"trailers"))

@@ -6,7 +6,8 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 
-from ferryman.proxy.h2proxy import H2ProxyExchange
+from ferryman.http.h2conn import response_block
+from ferryman.proxy.h2proxy import H2ProxyExchange, _request_headers
 from tests.support.procs import Proc, free_port
 
 
@@ -91,3 +92,25 @@ def test_bytes_held_for_a_paused_client_are_acknowledged_when_it_goes() -> None:
     exchange._held += 5000  # what on_h2_data counts while the client is paused
     exchange.on_downstream_lost()
     assert upstream.calls == [("ack", 5000), ("cancel", 7)]
+
+
+def test_hop_by_hop_headers_and_those_connection_names_do_not_cross() -> None:
+    request = [
+        (b"host", b"a"),
+        (b"connection", b"keep-alive, x-secret"),
+        (b"x-secret", b"1"),
+        (b"expect", b"100-continue"),
+        (b"te", b"trailers"),
+        (b"content-type", b"application/grpc"),
+    ]
+    assert _request_headers(request) == [
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+    ]
+    # A filter may add headers in any case; HTTP/2 wants them in lower case, and a
+    # Connection header names what goes with it whatever its own case.
+    response = [(b"Content-Type", b"text/plain"), (b"Connection", b"X-Hop"), (b"x-hop", b"1")]
+    assert response_block(200, response) == [
+        (b":status", b"200"),
+        (b"content-type", b"text/plain"),
+    ]
