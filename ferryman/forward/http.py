@@ -25,6 +25,7 @@ import logging
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
+from ferryman.config.base import parse_hostport
 from ferryman.config.forward import Parent, target_host
 from ferryman.config.schema import (
     ProxyHandler,
@@ -159,26 +160,35 @@ def parse_absolute(target: bytes) -> tuple[str, int, bytes]:
 
 
 def parse_authority(value: bytes, default_port: int | None = None) -> tuple[str, int]:
+    """``host:port`` or ``[IPv6]:port`` (the port may be left out given ``default_port``)
+    into (host as the rules see it, port), read by the config's own
+    :func:`~ferryman.config.base.parse_hostport`; an IPv6 address needs its brackets."""
     text = value.decode("latin-1").strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep:
-            raise Refused(400, "bad IPv6 address in the request target")
-        port_s = rest[1:] if rest.startswith(":") else ""
-    else:
-        host, _, port_s = text.rpartition(":") if ":" in text else (text, "", "")
-    if not port_s:
-        if default_port is None:
-            raise Refused(400, "CONNECT needs host:port")
-        port = default_port
-    elif port_s.isdigit() and 0 < int(port_s) < 65536:
-        port = int(port_s)
-    else:
+    if not text or text.startswith((":", "[]")):
+        # parse_hostport reads an empty host as 0.0.0.0, as a listen address means.
+        raise Refused(400, "bad host in the request target")
+    try:
+        host, port = parse_hostport(text, default_port)
+    except ValueError:
+        if default_port is None and _parses(text, 1):
+            raise Refused(400, "CONNECT needs host:port") from None
+        raise Refused(400, "bad host or port in the request target") from None
+    port_text = (text.rpartition("]")[2] if text.startswith("[") else text).partition(":")[2]
+    if port_text and not port_text.isdigit():
+        # int() also reads "+80", "8_0" and " 80", which a request target does not allow.
         raise Refused(400, "bad port in the request target")
     normal = target_host(host)
     if normal is None:
         raise Refused(400, "bad host in the request target")
     return normal, port
+
+
+def _parses(text: str, default_port: int) -> bool:
+    try:
+        parse_hostport(text, default_port)
+    except ValueError:
+        return False
+    return True
 
 
 class ForwardHttp:
@@ -189,6 +199,15 @@ class ForwardHttp:
         self._routes: OrderedDict[tuple[str, int, int, frozenset[IPAddress] | None], ProxyRoute] = (
             OrderedDict()
         )
+        # What every destination's route shares; only its upstream (the address) differs.
+        t = service.config.timeouts
+        self._handler = ProxyHandler(
+            upstream="forward",
+            timeouts=Timeouts(connect=t.connect, send=t.read, read=t.read),
+            websocket=WebSocket(enabled=False),
+            x_forwarded=False,
+        )
+        self._retry = Retry(tries=1)
 
     def start(self, ctx: RequestContext, downstream: Downstream, head: RequestHead) -> Exchange:
         pending = PendingExchange(downstream)
@@ -306,23 +325,16 @@ class ForwardHttp:
             return route
         service = self.service
         address = authority(host, port)
-        up = Upstream(servers=[UpstreamServer(address=address, max_fails=0)], retry=Retry(tries=1))
+        up = Upstream(servers=[UpstreamServer(address=address, max_fails=0)], retry=self._retry)
         group = UpstreamGroup(f"forward:{address}", up)
         group.pool = DestinationPool(service.dialer, host, port, only)
-        bare = f"[{host}]" if ":" in host else host
-        host_header = (bare if port == 80 else address).encode("ascii")
         parent_auth = None
         if parent is not None and parent.kind == "http" and parent.user:
             parent_auth = basic_credentials(parent.user, parent.password)
+        # The one peer is the destination (a parent is dialed by the pool): its Host value.
+        host_header = group.peers[0].host_header
         chain = FilterChain([ForwardHeaders(host_header, service.via, parent_auth)])
-        t = service.config.timeouts
-        handler = ProxyHandler(
-            upstream=group.name,
-            timeouts=Timeouts(connect=t.connect, send=t.read, read=t.read),
-            websocket=WebSocket(enabled=False),
-            x_forwarded=False,
-        )
-        route = ProxyRoute(handler, group, chain)
+        route = ProxyRoute(self._handler, group, chain)
         self._routes[key] = route
         if len(self._routes) > _ROUTES:
             _, old = self._routes.popitem(last=False)

@@ -36,3 +36,15 @@ def test_zone_ids_and_odd_ipv6_spellings() -> None:
         assert info.value.status == 400, bad
     with pytest.raises(Refused):
         parse_absolute(b"http://[fe80::1%25lo]/")
+
+
+def test_authorities_are_read_as_listen_addresses_are() -> None:
+    # An IPv6 address needs its brackets: 2001:db8::1:443 is also an address on its own.
+    for bad in (b"2001:db8::1:443", b"::1:80", b":443", b"[]:443", b"a.test:+443", b"a.test:8_0"):
+        with pytest.raises(Refused) as info:
+            parse_authority(bad)
+        assert info.value.status == 400, bad
+    with pytest.raises(Refused, match="CONNECT needs host:port"):
+        parse_authority(b"a.test:")
+    assert parse_authority(b"a.test:", 80) == ("a.test", 80)
+    assert parse_authority(b"[::1]", 80) == ("::1", 80)
