@@ -134,6 +134,16 @@ class FilterChain:
                 return ()
         return body
 
+    @staticmethod
+    def finish_body(
+        filters: tuple[BodyFilter, ...], ctx: RequestContext, data: bytes = b""
+    ) -> bytes:
+        """The last call of ``filters`` (from :meth:`body_filters`): ``data``, the body's last
+        bytes if any, through each with ``end`` set; returns what is left to send."""
+        for method in filters:
+            data = method(ctx, data, True)
+        return data
+
     def run_whole_response(
         self, ctx: RequestContext, status: int, headers: HeaderList, body: bytes
     ) -> bytes:
@@ -144,8 +154,7 @@ class FilterChain:
         if self.on_response_body and status not in (204, 304) and ctx.method != "HEAD":
             body_filters = self.body_filters(headers)
             if body_filters:
-                for method in body_filters:
-                    body = method(ctx, body, True)
+                body = self.finish_body(body_filters, ctx, body)
                 headers.append((b"content-length", b"%d" % len(body)))
         return body
 

@@ -223,9 +223,7 @@ class H2ProxyExchange:
             self._fail(502, "the upstream server sent no response", "upstream ended early")
             return
         if self._body_filters:
-            data = b""
-            for method in self._body_filters:
-                data = method(self.ctx, data, True)
+            data = FilterChain.finish_body(self._body_filters, self.ctx)
             if data:
                 downstream.write(data)
         if self._trailers and isinstance(downstream, H2Stream):

@@ -289,8 +289,7 @@ class StaticFiles:
                 data = b"".join(parts) + trailer
             finally:
                 os.close(fd)
-            for method in filters:
-                data = method(ctx, data, True)
+            data = FilterChain.finish_body(filters, ctx, data)
             downstream.write(data)
             downstream.finish()
             return None
@@ -349,9 +348,7 @@ class FileSender:
                 await self._send(offset, count)
                 if self._done:
                     return
-            data = self.trailer
-            for method in self.filters:
-                data = method(self.ctx, data, True)
+            data = FilterChain.finish_body(self.filters, self.ctx, self.trailer)
             if data:
                 self.downstream.write(data)
             self._done = True
