@@ -170,8 +170,8 @@ class ForwardRule(_Model):
     # Networks (CIDR) of the address actually connected to, after name resolution; the way
     # to name IP addresses (domain patterns cannot: 127.0.0.1 is also 127.1 and 2130706433).
     destinations: list[str] = Field(default_factory=list)
-    # Ports or ranges such as ``8000-8999``.
-    ports: list[int | str] = Field(default_factory=list)
+    # Ports or ranges such as ``8000-8999``, read into (first, last) pairs.
+    ports: list[tuple[int, int]] = Field(default_factory=list)
     methods: list[str] = Field(default_factory=list)
     # The short reason sent with a 403 and written to the log.
     reason: str | None = None
@@ -186,23 +186,35 @@ class ForwardRule(_Model):
     def _domains(cls, v: list[str]) -> list[str]:
         return [check_domain_pattern(p) for p in v]
 
-    @field_validator("ports")
+    @field_validator("ports", mode="before")
     @classmethod
-    def _ports(cls, v: list[int | str]) -> list[int | str]:
-        for p in v:
-            lo, _, hi = str(p).partition("-")
-            try:
-                a, b = int(lo), int(hi or lo)
-            except ValueError:
-                raise ValueError(f"{p!r} is not a port or range such as 8000-8999") from None
-            if not 0 < a <= b < 65536:
-                raise ValueError(f"{p!r}: ports are 1-65535")
-        return v
+    def _ports(cls, v: object) -> object:
+        return [port_range(p) for p in v] if isinstance(v, list) else v
 
     @field_validator("methods")
     @classmethod
     def _methods(cls, v: list[str]) -> list[str]:
         return [m.upper() for m in v]
+
+
+def port_range(p: object) -> tuple[int, int]:
+    """A port (``443``) or range (``"8000-8999"``) as (first, last); a pair already read
+    (a tuple, which YAML does not make) is taken as it is."""
+    if isinstance(p, float) and p.is_integer():
+        p = int(p)
+    if isinstance(p, tuple) and len(p) == 2 and all(type(x) is int for x in p):
+        a, b = p
+    elif isinstance(p, int | str):
+        lo, _, hi = str(int(p) if isinstance(p, int) else p).partition("-")
+        try:
+            a, b = int(lo), int(hi or lo)
+        except ValueError:
+            raise ValueError(f"{p!r} is not a port or range such as 8000-8999") from None
+    else:
+        raise ValueError(f"{p!r} is not a port or range such as 8000-8999")
+    if not 0 < a <= b < 65536:
+        raise ValueError(f"{p!r}: ports are 1-65535")
+    return a, b
 
 
 class ChainRule(_Model):

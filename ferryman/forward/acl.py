@@ -160,7 +160,7 @@ class Rule:
         self.groups = frozenset(config.groups)
         self.domains = DomainSet(config.domains)
         self.destinations = NetSet(config.destinations)
-        self.ports: tuple[tuple[int, int], ...] = tuple(_port_range(p) for p in config.ports)
+        self.ports = tuple(config.ports)  # (first, last) pairs, read by the config
         self.methods = frozenset(config.methods)
         self.reason = config.reason or ("allowed" if self.allow else "denied by an access rule")
 
@@ -185,11 +185,6 @@ class Rule:
         if self.ports and not any(lo <= req.port <= hi for lo, hi in self.ports):
             return False
         return not (self.methods and req.method not in self.methods)
-
-
-def _port_range(p: int | str) -> tuple[int, int]:
-    lo, _, hi = str(p).partition("-")
-    return int(lo), int(hi or lo)
 
 
 class AccessPolicy:
