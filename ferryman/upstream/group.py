@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from ferryman.config.schema import Retry, Upstream
 from ferryman.context import RequestContext
@@ -44,27 +45,11 @@ class UpstreamGroup:
         )
         self.retry_on_error = "error" in config.retry.when
         self.retry_on_timeout = "timeout" in config.retry.when
-        self._hash_key = config.hash_key if config.balance == "hash" else None
-        self.hashed = self._hash_key is not None
-
-    def key(self, ctx: RequestContext) -> bytes:
-        k = self._hash_key
-        if k is None:
-            return b""
-        if k == "remote_addr":
-            return ctx.client_addr.encode()
-        if k == "uri":
-            return ctx.target
-        kind, _, name = k.partition(":")
-        if kind == "header":
-            return get(ctx.headers, name.lower().encode("latin-1")) or b""
-        cookies = get(ctx.headers, b"cookie") or b""
-        prefix = name.encode("latin-1") + b"="
-        for part in cookies.split(b";"):
-            part = part.strip()
-            if part.startswith(prefix):
-                return part[len(prefix) :]
-        return b""
+        self.hashed = config.balance == "hash"  # callers may skip key() when False
+        # The request's balancing key, compiled once from ``hash_key``; b"" unless hashing.
+        self.key: Callable[[RequestContext], bytes] = (
+            _key_function(config.hash_key) if self.hashed else _no_key
+        )
 
     def pick(self, tried: list[Peer], key: bytes) -> Peer | None:
         """The next peer to try: a live primary, else a live backup, else — when every peer is
@@ -78,6 +63,35 @@ class UpstreamGroup:
             primaries = self.primary.peers
             peer = min(primaries, key=lambda p: p.down_until)
         return peer
+
+
+def _no_key(ctx: RequestContext) -> bytes:
+    return b""
+
+
+def _key_function(hash_key: str) -> Callable[[RequestContext], bytes]:
+    """What ``hash_key`` (``remote_addr``, ``uri``, ``header:NAME``, ``cookie:NAME``) takes
+    from a request."""
+    if hash_key == "remote_addr":
+        return lambda ctx: ctx.client_addr.encode()
+    if hash_key == "uri":
+        return lambda ctx: ctx.target
+    kind, _, name = hash_key.partition(":")
+    if kind == "header":
+        header = name.lower().encode("latin-1")
+        return lambda ctx: get(ctx.headers, header) or b""
+    prefix = name.encode("latin-1") + b"="
+    size = len(prefix)
+
+    def cookie(ctx: RequestContext) -> bytes:
+        cookies = get(ctx.headers, b"cookie") or b""
+        for part in cookies.split(b";"):
+            part = part.strip()
+            if part.startswith(prefix):
+                return part[size:]
+        return b""
+
+    return cookie
 
 
 def single_peer_group(name: str, address: str) -> UpstreamGroup:
