@@ -336,5 +336,6 @@ class DestinationPool(Pool):
             # The exchange maps OSError to 502; a refusal found this late (the name now
             # resolves elsewhere, a parent said no) is a failed connect to it.
             raise OSError(e.reason) from None
+        conn.on_idle_close = self._idle_closed  # as Pool.connect: an origin's close frees it
         self.active += 1
         return conn

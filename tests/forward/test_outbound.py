@@ -96,3 +96,35 @@ def test_rules_with_destinations_see_every_resolved_address() -> None:
                 await dialer.open_tunnel(spelling, 443, req(spelling))
 
     asyncio.run(main())
+
+
+def test_idle_origin_connections_the_origin_closed_leave_the_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ferryman.upstream.connection import UpstreamConnection
+    from ferryman.upstream.peer import Peer
+
+    async def fake_connect(
+        addrs: Sequence[IPAddress],
+        port: int,
+        factory: Callable[[], UpstreamConnection],
+        delay: float,
+    ) -> tuple[asyncio.Transport, UpstreamConnection]:
+        conn = factory()
+        transport = FakeTransport()
+        conn.connection_made(transport)
+        return transport, conn
+
+    monkeypatch.setattr(outbound, "happy_connect", fake_connect)
+
+    async def main() -> None:
+        pool = outbound.DestinationPool(_dialer(), "mail.example.test", 80)
+        peer = Peer("mail.example.test:80")
+        conn = await pool.connect(peer)
+        pool.release(conn)
+        assert pool.idle_count == 1
+        conn.connection_lost(None)  # the origin closed its idle connection
+        assert pool.idle_count == 0 and pool.acquire_idle(peer) is None
+        pool.close()
+
+    asyncio.run(main())
