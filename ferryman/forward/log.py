@@ -19,6 +19,11 @@ from ferryman.filters.base import Filter
 from ferryman.observe.logwriter import writer_for
 
 
+def access_log(config: ForwardLog) -> ForwardAccessLog | None:
+    """The forward proxy's access log, or None when it is turned off."""
+    return ForwardAccessLog(config) if config.enabled else None
+
+
 def record(ctx: RequestContext) -> dict[str, Any]:
     splice = ctx.state.get("splice")
     if splice is not None:
@@ -62,15 +67,14 @@ def text_line(rec: dict[str, Any]) -> str:
 
 
 class ForwardAccessLog(Filter):
+    """The log filter; made only when ``enabled`` (see :func:`access_log`)."""
+
     def __init__(self, config: ForwardLog) -> None:
         super().__init__()
-        self.enabled = config.enabled
         self.json = config.format == "json"
         self._writer = writer_for(config.path)
 
     def on_log(self, ctx: RequestContext) -> None:
-        if not self.enabled:
-            return
         rec = record(ctx)
         line = json.dumps(rec, separators=(",", ":")) if self.json else text_line(rec)
         self._writer.write(line.encode("utf-8", "replace") + b"\n")

@@ -12,7 +12,7 @@ from ferryman.forward.acl import AccessPolicy, AddressPolicy
 from ferryman.forward.auth import AuthConfigError, Authenticator
 from ferryman.forward.chain import ChainRouter, authority
 from ferryman.forward.http import ForwardHttp
-from ferryman.forward.log import ForwardAccessLog
+from ferryman.forward.log import access_log
 from ferryman.forward.outbound import Dialer
 from ferryman.forward.pac import pac_script
 from ferryman.forward.resolver import HostsTable, Resolver
@@ -49,7 +49,7 @@ class ForwardProxy:
             self.access,
         )
         self.via = f"1.1 {config.via}".encode("latin-1")
-        self.log = ForwardAccessLog(config.access_log)
+        self.log = access_log(config.access_log)  # None when turned off
         self.http = ForwardHttp(self)
         self.socks_connections: set[SocksConnection] = set()
 
@@ -59,8 +59,9 @@ class ForwardProxy:
 
     def add_host_tables(self, hosts: dict[str, HostTable]) -> None:
         """Host tables for forward listeners that no server shares: origin-form requests
-        there get the PAC file (when configured) or 404, and every request is logged."""
-        chain = FilterChain([self.log])
+        there get the PAC file (when configured) or 404, and every request is logged (unless
+        the access log is turned off: then the chain has no log filter at all)."""
+        chain = FilterChain([self.log] if self.log is not None else [])
         routes: list[CompiledRoute] = []
         pac = self.config.pac
         if pac is not None:

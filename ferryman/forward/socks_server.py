@@ -241,7 +241,8 @@ class SocksConnection(asyncio.Protocol):
         if self._logged or self.ctx is None:
             return
         self._logged = True
-        self.service.log.on_log(self.ctx)
+        if self.service.log is not None:
+            self.service.log.on_log(self.ctx)
 
     def _close(self) -> None:
         self._closed = True  # nothing more is written or answered, even before the loss
