@@ -25,7 +25,6 @@ from ferryman.server.tasks import spawn
 from ferryman.upstream.group import UpstreamGroup
 from ferryman.upstream.h2conn import H2Pool, UpstreamH2
 from ferryman.upstream.peer import Peer
-from ferryman.upstream.tls import client_context
 
 log = logging.getLogger("ferryman.proxy")
 
@@ -45,10 +44,9 @@ class H2ProxyRoute:
             None if config.host in ("pass", "upstream") else config.host.encode("latin-1")
         )
         self.host_mode = config.host
-        tls = None
-        if any(p.tls for p in group.peers):
-            tls = client_context(group.tls_config, alpn=["h2"])
-        self.pool = H2Pool(tls, group.tls_config.server_name)
+        # The group's: every route to it shares one connection per server.
+        assert group.h2pool is not None, f"upstream {group.name} does not speak HTTP/2"
+        self.pool: H2Pool = group.h2pool
 
     def start(self, ctx: RequestContext, downstream: Downstream) -> Exchange | None:
         return H2ProxyExchange(self, ctx, downstream)

@@ -64,7 +64,7 @@ async def serve(config: Config, runtime: Runtime | None = None) -> int:
     await stop.wait()
     await drain(servers, listeners, config.shutdown_timeout)
     for group in runtime.groups.values():
-        group.pool.close()
+        group.close()
     if runtime.forward is not None:
         runtime.forward.close()
     flush_all()

@@ -9,6 +9,7 @@ from ferryman.config.schema import Retry, Upstream
 from ferryman.context import RequestContext
 from ferryman.http.headers import get
 from ferryman.upstream.balancer import BALANCERS, Balancer, RoundRobin
+from ferryman.upstream.h2conn import H2Pool
 from ferryman.upstream.peer import Peer
 from ferryman.upstream.pool import Pool
 from ferryman.upstream.tls import client_context
@@ -17,6 +18,10 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class UpstreamGroup:
+    # Kept-alive HTTP/1.1 connections: groups of ``protocol: http/1.1`` only. The others have
+    # ``h2pool`` instead, and their keepalive and retry settings do not apply.
+    pool: Pool
+
     def __init__(self, name: str, config: Upstream) -> None:
         self.name = name
         self.peers = [
@@ -27,18 +32,24 @@ class UpstreamGroup:
         backups = [p for p in self.peers if p.backup]
         self.backup: Balancer | None = kind(backups) if backups else None
         self.protocol = config.protocol
-        self.tls_config = config.tls
         if config.tls.enabled or config.protocol == "h2":
             for p in self.peers:
                 p.tls = True
-        tls = client_context(config.tls) if any(p.tls for p in self.peers) else None
-        self.pool = Pool(
-            config.keepalive,
-            config.keepalive_timeout,
-            config.keepalive_requests,
-            tls,
-            config.tls.server_name,
-        )
+        secure = any(p.tls for p in self.peers)
+        self.h2pool: H2Pool | None = None
+        if config.protocol == "http/1.1":
+            tls = client_context(config.tls) if secure else None
+            self.pool = Pool(
+                config.keepalive,
+                config.keepalive_timeout,
+                config.keepalive_requests,
+                tls,
+                config.tls.server_name,
+            )
+        else:
+            # One multiplexed connection per server, shared by every route to the group.
+            tls = client_context(config.tls, alpn=["h2"]) if secure else None
+            self.h2pool = H2Pool(tls, config.tls.server_name)
         self.retry: Retry = config.retry
         self.retry_statuses = frozenset(
             int(c[5:]) for c in config.retry.when if c.startswith("http_")
@@ -50,6 +61,13 @@ class UpstreamGroup:
         self.key: Callable[[RequestContext], bytes] = (
             _key_function(config.hash_key) if self.hashed else _no_key
         )
+
+    def close(self) -> None:
+        """Close the group's upstream connections (the worker's shutdown)."""
+        if self.h2pool is not None:
+            self.h2pool.close()
+        else:
+            self.pool.close()
 
     def pick(self, tried: list[Peer], key: bytes) -> Peer | None:
         """The next peer to try: a live primary, else a live backup, else — when every peer is
