@@ -2,10 +2,10 @@
 
 Theory of operation. One :class:`UpstreamH2` per peer carries many exchanges at once, each on
 its own stream; :class:`H2Pool` keeps that connection per peer and opens another when it has
-closed or has no stream left to give. Exchanges implement :class:`StreamOwner`. Response
-DATA is acknowledged (WINDOW_UPDATE) only as the owner passes it on: while the client side is
-paused the stream's window closes and the upstream stops sending, which is the whole of the
-backpressure toward the upstream.
+closed or has no stream left to give; the one replaced closes once its streams have ended.
+Exchanges implement :class:`StreamOwner`. Response DATA is acknowledged (WINDOW_UPDATE) only
+as the owner passes it on: while the client side is paused the stream's window closes and the
+upstream stops sending, which is the whole of the backpressure toward the upstream.
 """
 
 from __future__ import annotations
@@ -109,6 +109,7 @@ class UpstreamH2(asyncio.Protocol):
                 for sid in [s for s in owners if s > last]:
                     owners.pop(sid).on_h2_lost("upstream sent GOAWAY")
         self.flush()
+        self._close_if_done()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -156,6 +157,17 @@ class UpstreamH2(asyncio.Protocol):
         with contextlib.suppress(ProtocolError):
             self.conn.reset_stream(sid, ErrorCodes.CANCEL)
         self.flush()
+        self._close_if_done()
+
+    def retire(self) -> None:
+        """Take no new streams, and close once those open have ended (the pool has replaced
+        this connection, which nothing would close otherwise)."""
+        self.closed = True
+        self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        if self.closed and not self.owners and self.transport is not None:
+            self.close()
 
     def flush(self) -> None:
         data = self.conn.data_to_send()
@@ -208,7 +220,10 @@ class H2Pool:
             raise
         finally:
             self._opening.pop(peer, None)
+        old = self._conns.get(peer)
         self._conns[peer] = conn
+        if old is not None:
+            old.retire()
         future.set_result(conn)
         return conn
 

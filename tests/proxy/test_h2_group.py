@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+
 from ferryman.build import Runtime
 from ferryman.config.loader import parse_config
+from ferryman.http.headers import HeaderList
 from ferryman.proxy.h2proxy import H2ProxyRoute
+from ferryman.upstream.h2conn import UpstreamH2
+from ferryman.upstream.peer import Peer
 
 CONFIG = """
 upstreams:
@@ -52,3 +58,52 @@ def test_closing_an_h2_group_closes_its_connections() -> None:
     group.close()
     assert conn.closed
     assert not group.h2pool._conns
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.out = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Owner:
+    def __init__(self) -> None:
+        self.ended = False
+
+    def on_h2_response(self, status: int, headers: HeaderList, ended: bool) -> None: ...
+    def on_h2_data(self, data: bytes, flow: int) -> None: ...
+    def on_h2_trailers(self, trailers: HeaderList) -> None: ...
+    def on_h2_lost(self, reason: str) -> None: ...
+    def on_h2_window(self) -> None: ...
+
+    def on_h2_end(self) -> None:
+        self.ended = True
+
+
+def test_a_replaced_h2_connection_closes_once_its_streams_end() -> None:
+    """A connection the pool replaced (it had no stream left to give) is in the pool no more;
+    it finishes what it carries, then closes instead of idling open for good."""
+    upstream = UpstreamH2(Peer("127.0.0.1:9"))
+    transport = FakeTransport()
+    upstream.connection_made(transport)  # type: ignore[arg-type]
+    server = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+    server.initiate_connection()
+    server.receive_data(transport.out)
+    transport.out = b""
+    owner = Owner()
+    request = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a"), (b":path", b"/")]
+    sid = upstream.open_stream(owner, request, end=True)
+    server.receive_data(transport.out)
+    upstream.retire()
+    assert not upstream.usable
+    assert not transport.closed  # a stream is still open
+    server.send_headers(sid, [(b":status", b"200")], end_stream=True)
+    upstream.data_received(server.data_to_send())
+    assert owner.ended
+    assert transport.closed
