@@ -143,7 +143,6 @@ class Runtime:
             route.methods,
             max_body,
             route.access_log,
-            route,
         )
 
 

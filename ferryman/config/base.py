@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationInfo
 
 from ferryman.config.units import parse_duration, parse_size
 
@@ -42,3 +43,12 @@ def parse_hostport(value: str, default_port: int | None = None) -> tuple[str, in
     if not 0 < port < 65536:
         raise ValueError(f"{value!r}: port must be 1-65535")
     return host or "0.0.0.0", port
+
+
+def beside_config(path: str | None, info: ValidationInfo) -> str | None:
+    """A relative file or directory is read beside the config file, as nginx reads paths
+    beside its prefix, so a config means the same whatever the working directory."""
+    base = (info.context or {}).get("config_dir")
+    if path is not None and base and not os.path.isabs(path):
+        return os.path.join(base, path)
+    return path

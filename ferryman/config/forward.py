@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from ferryman.config.base import Duration
+from ferryman.config.base import Duration, beside_config
 from ferryman.config.base import Model as _Model
 from ferryman.config.base import parse_hostport as _hostport
 
@@ -113,14 +113,6 @@ def _networks(values: list[str]) -> list[str]:
     return values
 
 
-def _relative_to_config(path: str, info: ValidationInfo) -> str:
-    """Relative paths are read from the config file's directory, as nginx reads them."""
-    base = (info.context or {}).get("config_dir") if info.context else None
-    if base and not os.path.isabs(path):
-        path = os.path.join(base, path)
-    return path
-
-
 class ForwardUser(_Model):
     """A user defined in the config: ``password`` is a bcrypt or SHA-crypt hash."""
 
@@ -145,7 +137,7 @@ class ForwardAuth(_Model):
     def _htpasswd(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is None:
             return v
-        path = _relative_to_config(v, info)
+        path = beside_config(v, info) or v
         if not os.path.isfile(path):
             raise ValueError(f"htpasswd file {path!r} does not exist")
         return path

@@ -8,7 +8,6 @@ the model validators so that errors point at the key that is wrong.
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 from typing import Any, Literal
 
@@ -19,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from ferryman.config.base import Duration, Model, Size, parse_hostport
+from ferryman.config.base import Duration, Model, Size, beside_config, parse_hostport
 from ferryman.config.forward import Forward
 
 
@@ -176,15 +175,6 @@ class RedirectHandler(Model):
     # expanded per request.
     to: str
     status: Literal[301, 302, 303, 307, 308] = 301
-
-
-def beside_config(path: str | None, info: ValidationInfo) -> str | None:
-    """A relative file or directory is read beside the config file, as nginx reads paths
-    beside its prefix, so a config means the same whatever the working directory."""
-    base = (info.context or {}).get("config_dir")
-    if path is not None and base and not os.path.isabs(path):
-        return os.path.join(base, path)
-    return path
 
 
 class StaticHandler(Model):

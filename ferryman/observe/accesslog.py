@@ -40,6 +40,7 @@ VARIABLES: dict[str, Field] = {
     "upstream_addr": lambda c: c.upstream_addr or "-",
     "upstream_status": lambda c: str(c.upstream_status) if c.upstream_status else "-",
     "host": lambda c: c.host,
+    "route": lambda c: c.route.name if c.route is not None else "-",
     "scheme": lambda c: c.scheme,
     "error": lambda c: c.error or "-",
     "ssl_protocol": lambda c: c.tls.get("protocol", "-") if c.tls else "-",

@@ -304,13 +304,8 @@ class ProxyExchange:
         self._finished = True
         if self._conn is not None or self._send_timer is not None:
             self._cancel_timer()
-        chain = self._body_filters
-        if chain:
-            data = b""
-            for method in chain:
-                data = method(self.ctx, data, True)
-            if data:
-                self._downstream.write(data)
+        if self._body_filters:
+            self._downstream.write(FilterChain.finish_body(self._body_filters, self.ctx))
         self._downstream.finish()
 
     def on_upstream_upgrade(self, leftover: bytes) -> None:

@@ -25,7 +25,6 @@ class CompiledRoute:
     __slots__ = (
         "access_log",
         "chain",
-        "config",
         "handler",
         "match",
         "max_body_size",
@@ -48,7 +47,6 @@ class CompiledRoute:
         methods: Sequence[str] | None,
         max_body_size: int,
         access_log: bool,
-        config: Any = None,
     ) -> None:
         self.name = name
         self.path = path
@@ -61,7 +59,6 @@ class CompiledRoute:
         self.methods = frozenset(m.upper() for m in methods) if methods else None
         self.max_body_size = max_body_size
         self.access_log = access_log
-        self.config = config
 
 
 class VirtualHost:

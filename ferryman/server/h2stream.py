@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from h2.errors import ErrorCodes
 
 from ferryman.context import RequestContext, Response
+from ferryman.filters.base import FilterChain
 from ferryman.http.h2conn import response_block
 from ferryman.http.headers import HeaderList
 from ferryman.proxy.api import Exchange, Tunnel
@@ -250,16 +251,8 @@ class H2Stream:
 
     # helpers for the connection
 
-    def chain(self) -> Any:
-        route = self.ctx.route
-        if route is not None:
-            return route.chain
-        return (self.vhost or self.conn.listener.hosts.default).chain
+    def chain(self) -> FilterChain:
+        return pipeline.chain_for(self.ctx.route, self.vhost or self.conn.listener.hosts.default)
 
     def log(self) -> None:
-        route = self.ctx.route
-        if route is not None:
-            if route.access_log:
-                route.chain.run_log(self.ctx)
-        else:
-            (self.vhost or self.conn.listener.hosts.default).chain.run_log(self.ctx)
+        pipeline.log_request(self.ctx, self.vhost or self.conn.listener.hosts.default)

@@ -525,7 +525,7 @@ def test_access_log_to_a_file_with_a_template(
         f"""
 workers: 1
 log:
-  access: {{path: "{log_path}", format: "$method $uri -> $upstream_addr $status $upstream_status"}}
+  access: {{path: "{log_path}", format: "$method $uri -> $upstream_addr $status $upstream_status $route"}}
 upstreams:
   app: {{servers: [{{address: "127.0.0.1:{oport}"}}]}}
 servers:
@@ -540,7 +540,8 @@ servers:
     while time.monotonic() < deadline and not log_path.exists():
         time.sleep(0.05)
     time.sleep(0.2)
-    assert log_path.read_text() == f"GET /logged -> 127.0.0.1:{oport} 200 200\n"
+    line = f"GET /logged -> 127.0.0.1:{oport} 200 200 servers.0.routes.0:/\n"
+    assert log_path.read_text() == line
 
 
 def test_no_route_follows_the_servers_error_format(ferryman: Callable[..., Proc]) -> None:
