@@ -525,7 +525,9 @@ def test_access_log_to_a_file_with_a_template(
         f"""
 workers: 1
 log:
-  access: {{path: "{log_path}", format: "$method $uri -> $upstream_addr $status $upstream_status $route"}}
+  access:
+    path: "{log_path}"
+    format: "$method $uri -> $upstream_addr $status $upstream_status $route"
 upstreams:
   app: {{servers: [{{address: "127.0.0.1:{oport}"}}]}}
 servers:
