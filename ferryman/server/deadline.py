@@ -13,20 +13,22 @@ from collections.abc import Callable
 
 
 class Deadline:
-    __slots__ = ("_expired", "_loop", "_timer", "at")
+    __slots__ = ("_expired", "_loop", "_timer", "_when", "at")
 
     def __init__(self, expired: Callable[[], None]) -> None:
         self._loop = asyncio.get_running_loop()
         self._expired = expired
         self._timer: asyncio.TimerHandle | None = None
+        self._when = 0.0  # when the pending timer fires
         self.at = 0.0  # loop time of the deadline; 0 means none, and storing 0 stops it
 
     def arm(self, seconds: float) -> None:
         at = self.at = self._loop.time() + seconds
         timer = self._timer
-        if timer is None or timer.when() > at:
+        if timer is None or self._when > at:
             if timer is not None:
                 timer.cancel()
+            self._when = at
             self._timer = self._loop.call_at(at, self._fire)
 
     def extend(self, seconds: float) -> None:
@@ -47,6 +49,7 @@ class Deadline:
             return
         now = self._loop.time()
         if now < at:
+            self._when = at
             self._timer = self._loop.call_at(at, self._fire)
             return
         self.at = 0.0

@@ -31,6 +31,7 @@ class UpstreamGroup:
         self.primary: Balancer = kind([p for p in self.peers if not p.backup])
         backups = [p for p in self.peers if p.backup]
         self.backup: Balancer | None = kind(backups) if backups else None
+        self._only = self.peers[0] if len(self.peers) == 1 else None
         self.protocol = config.protocol
         if config.tls.enabled or config.protocol == "h2":
             for p in self.peers:
@@ -74,6 +75,9 @@ class UpstreamGroup:
         marked down and nothing was tried yet — the primary that has been down longest, since
         refusing all traffic on stale failure marks helps no one (nginx does the same)."""
         now = time.monotonic()
+        only = self._only
+        if only is not None and not tried and only.down_until <= now:
+            return only  # one server and no backup: nothing to balance
         peer = self.primary.pick(now, tried, key)
         if peer is None and self.backup is not None:
             peer = self.backup.pick(now, tried, key)

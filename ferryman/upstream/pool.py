@@ -68,7 +68,10 @@ class Pool:
             conn.close()
             return
         conn.idle_since = time.monotonic()
-        self._idle.setdefault(conn.peer, deque()).append(conn)
+        idle = self._idle.get(conn.peer)
+        if idle is None:
+            idle = self._idle[conn.peer] = deque()
+        idle.append(conn)
         self.idle_count += 1
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().call_later(self.idle_timeout, self._sweep)
