@@ -56,6 +56,7 @@ class H2ProxyExchange:
     __slots__ = (
         "_body_filters",
         "_conn",
+        "_counted",
         "_done",
         "_downstream",
         "_held",
@@ -87,12 +88,15 @@ class H2ProxyExchange:
         self._trailers: HeaderList | None = None
         self._body_filters: tuple[BodyFilter, ...] = ()
         self._timer: asyncio.TimerHandle | None = None
+        self._counted = False
         group = route.group
         peer = group.pick([], group.key(ctx))
         if peer is None:
             self._fail(502, "no live upstream server", "no live upstreams")
             return
         self._peer: Peer = peer
+        peer.active += 1  # in flight, for least_conn and two random choices
+        self._counted = True
         ctx.upstream_addr = peer.address
         conn = route.pool.ready(peer)
         if conn is not None:
@@ -213,7 +217,7 @@ class H2ProxyExchange:
     def on_h2_end(self) -> None:
         if self._done:
             return
-        self._done = True
+        self._end()
         self._cancel_timer()
         self._release_held()
         downstream = self._downstream
@@ -232,7 +236,7 @@ class H2ProxyExchange:
     def on_h2_lost(self, reason: str) -> None:
         if self._done:
             return
-        self._done = True
+        self._end()
         self._cancel_timer()
         self._peer.failed(time.monotonic())
         if not self._started:
@@ -252,7 +256,7 @@ class H2ProxyExchange:
     def on_downstream_lost(self) -> None:
         if self._done:
             return
-        self._done = True
+        self._end()
         self._cancel_timer()
         if self._conn is not None and self._sid:
             self._release_held()  # before the reset: the connection's window is shared
@@ -266,8 +270,15 @@ class H2ProxyExchange:
 
     # failures and the read timeout
 
+    def _end(self) -> None:
+        """The exchange is over, however it ended: the peer has one request fewer in flight."""
+        if not self._done:
+            self._done = True
+            if self._counted:
+                self._peer.active -= 1
+
     def _fail(self, status: int, message: str, reason: str) -> None:
-        self._done = True
+        self._end()
         self._cancel_timer()
         self.ctx.error = reason
         log.warning("upstream %s: %s", self.ctx.upstream_addr or "-", reason)
@@ -296,7 +307,7 @@ class H2ProxyExchange:
             self._release_held()
             self._conn.cancel(self._sid)
         if self._started:
-            self._done = True
+            self._end()
             self.ctx.error = reason
             self._downstream.abort(reason)
         else:

@@ -107,3 +107,43 @@ def test_a_replaced_h2_connection_closes_once_its_streams_end() -> None:
     upstream.data_received(server.data_to_send())
     assert owner.ended
     assert transport.closed
+
+
+class Downstream:
+    """The client side, reduced to what a failed exchange touches."""
+
+    def __init__(self) -> None:
+        self.errors: list[int] = []
+
+    def error(self, status: int, message: str) -> None:
+        self.errors.append(status)
+
+
+def test_requests_in_flight_are_counted_for_the_balancer() -> None:
+    import asyncio
+
+    from ferryman.context import RequestContext
+    from tests.support.procs import free_port
+
+    async def main() -> None:
+        config = CONFIG.replace("127.0.0.1:9", f"127.0.0.1:{free_port()}")  # nothing listens
+        runtime = Runtime(parse_config(config))
+        group = runtime.groups["grpc"]
+        route = next(
+            r.handler
+            for r in runtime.hosts["127.0.0.1:8080"].default.prefixes
+            if isinstance(r.handler, H2ProxyRoute)
+        )
+        ctx = RequestContext("127.0.0.1", 1, 8080, "http", "GET", b"/a/x", "1.1", [], "h")
+        down = Downstream()
+        route.start(ctx, down)  # type: ignore[arg-type]
+        assert group.peers[0].active == 1  # counted while it connects
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+            if down.errors:
+                break
+        assert down.errors == [502]
+        assert group.peers[0].active == 0  # and uncounted once it failed
+        group.close()
+
+    asyncio.run(main())
