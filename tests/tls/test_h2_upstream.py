@@ -86,6 +86,7 @@ def test_bytes_held_for_a_paused_client_are_acknowledged_when_it_goes() -> None:
     exchange._conn = upstream  # type: ignore[assignment]
     exchange._sid = 7
     exchange._done = False
+    exchange._counted = False
     exchange._timer = None
     exchange._held = -1
     exchange.on_downstream_pause()
