@@ -66,6 +66,23 @@ def raw(port: int, data: bytes, until: bytes = b"", timeout: float = 5) -> bytes
         return out
 
 
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS"))
+
+
+def read_until(s: socket.socket, n: int) -> int:
+    """Read until ``n`` bytes arrived or the peer closed; how many arrived."""
+    s.settimeout(5)
+    got = 0
+    while got < n:
+        chunk = s.recv(1 << 20)
+        if not chunk:
+            break
+        got += len(chunk)
+    return got
+
+
 def test_keepalive_and_pipelining_answer_in_order(setup: tuple[str, Proc, Proc]) -> None:
     base, _, _ = setup
     port = int(base.rsplit(":", 1)[1])
@@ -203,22 +220,12 @@ def test_slow_client_does_not_make_the_proxy_buffer(setup: tuple[str, Proc, Proc
     base, f, _ = setup
     port = int(base.rsplit(":", 1)[1])
 
-    def rss() -> int:
-        with open(f"/proc/{f.pid}/status") as fh:
-            return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS"))
-
-    before = rss()
+    before = rss_kib(f.pid)
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.sendall(b"GET /big?size=50000000 HTTP/1.1\r\nHost: x\r\n\r\n")
         time.sleep(1.5)  # read nothing: the proxy must stop reading the upstream
-        grown = rss() - before
-        got = 0
-        s.settimeout(5)
-        while got < 50_000_000:
-            chunk = s.recv(1 << 20)
-            if not chunk:
-                break
-            got += len(chunk)
+        grown = rss_kib(f.pid) - before
+        got = read_until(s, 50_000_000)
     assert grown < 20_000, f"RSS grew {grown} kB while the client read nothing"
     assert got > 50_000_000  # the whole body (and its head) arrived once the client read
 
@@ -427,23 +434,13 @@ def test_bounded_response_buffer_frees_the_upstream_early(
         port,
     )
 
-    def rss() -> int:
-        with open(f"/proc/{f.pid}/status") as fh:
-            return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS"))
-
     def stalled(path: str) -> int:
-        before = rss()
+        before = rss_kib(f.pid)
         with socket.create_connection(("127.0.0.1", port)) as s:
             s.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
             time.sleep(1.0)  # read nothing
-            grown = rss() - before
-            s.settimeout(5)
-            got = 0
-            while got < 20_000_000:
-                chunk = s.recv(1 << 20)
-                if not chunk:
-                    break
-                got += len(chunk)
+            grown = rss_kib(f.pid) - before
+            got = read_until(s, 20_000_000)
         assert got > 20_000_000
         return grown
 
@@ -504,13 +501,7 @@ def test_read_timeout_does_not_count_time_the_client_held_us(
         # /slowread/ has a 1 s read timeout; the client reads nothing for 2.5 s.
         s.sendall(b"GET /slowread/big?size=20000000 HTTP/1.1\r\nHost: x\r\n\r\n")
         time.sleep(2.5)
-        s.settimeout(5)
-        got = 0
-        while got < 20_000_000:
-            chunk = s.recv(1 << 20)
-            if not chunk:
-                break
-            got += len(chunk)
+        got = read_until(s, 20_000_000)
     assert got > 20_000_000
 
 

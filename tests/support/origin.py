@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import signal
+import ssl
 import struct
 from urllib.parse import parse_qs, urlsplit
 
@@ -194,9 +195,13 @@ async def main() -> None:
     parser.add_argument("--listen", required=True)
     parser.add_argument("--name", default="origin")
     args = parser.parse_args()
-    host, _, port = args.listen.rpartition(":")
-    origin = Origin(args.name)
-    server = await asyncio.start_server(origin.handle, host.strip("[]"), int(port))
+    await serve(Origin(args.name), args.listen)
+
+
+async def serve(origin: Origin, listen: str, tls: ssl.SSLContext | None = None) -> None:
+    """Serve ``origin`` on ``listen`` until SIGTERM or SIGINT; prints ``ready PID`` first."""
+    host, _, port = listen.rpartition(":")
+    server = await asyncio.start_server(origin.handle, host.strip("[]"), int(port), ssl=tls)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

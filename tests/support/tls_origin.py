@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import signal
 import ssl
 
-from tests.support.origin import Origin
+from tests.support.origin import Origin, serve
 
 
 async def main() -> None:
@@ -21,18 +19,9 @@ async def main() -> None:
     parser.add_argument("--cert", required=True)
     parser.add_argument("--key", required=True)
     args = parser.parse_args()
-    host, _, port = args.listen.rpartition(":")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(args.cert, args.key)
-    origin = Origin(args.name)
-    server = await asyncio.start_server(origin.handle, host.strip("[]"), int(port), ssl=context)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    print(f"ready {os.getpid()}", flush=True)
-    async with server:
-        await stop.wait()
+    await serve(Origin(args.name), args.listen, context)
 
 
 if __name__ == "__main__":
