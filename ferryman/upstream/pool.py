@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections import deque
 
 from ferryman.upstream.connection import UpstreamConnection
 from ferryman.upstream.peer import Peer
@@ -33,7 +32,8 @@ class Pool:
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.max_requests = max_requests
-        self._idle: dict[Peer, deque[UpstreamConnection]] = {}
+        # Per peer, oldest first: a list, since the sweep that pops from the front is rare.
+        self._idle: dict[Peer, list[UpstreamConnection]] = {}
         self.idle_count = 0
         self.active = 0
         self._sweeper: asyncio.TimerHandle | None = None
@@ -70,7 +70,7 @@ class Pool:
         conn.idle_since = time.monotonic()
         idle = self._idle.get(conn.peer)
         if idle is None:
-            idle = self._idle[conn.peer] = deque()
+            idle = self._idle[conn.peer] = []
         idle.append(conn)
         self.idle_count += 1
         if self._sweeper is None:
@@ -98,9 +98,13 @@ class Pool:
         deadline = time.monotonic() - self.idle_timeout
         for idle in self._idle.values():
             # Oldest first; stop at the first one still fresh.
-            while idle and (idle[0].closed or idle[0].idle_since <= deadline):
-                idle.popleft().close()
-                self.idle_count -= 1
+            stale = 0
+            while stale < len(idle) and (idle[stale].closed or idle[stale].idle_since <= deadline):
+                idle[stale].close()
+                stale += 1
+            if stale:
+                del idle[:stale]
+                self.idle_count -= stale
         self._sweeper = (
             loop.call_later(max(self.idle_timeout / 4, 0.05), self._sweep)
             if self.idle_count
