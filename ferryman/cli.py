@@ -7,6 +7,7 @@ import os
 import sys
 
 from ferryman import __version__
+from ferryman._compiled import compiled
 from ferryman.build import BuildError, Runtime
 from ferryman.config.loader import ConfigError, load_config, summary
 from ferryman.config.schema import Config
@@ -37,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "version":
-        print(f"ferryman {__version__}")
+        build = "hot path compiled with mypyc" if compiled() else "plain Python"
+        print(f"ferryman {__version__} ({build})")
         return 0
     if args.command == "cert":
         return make_cert_command(args.names, args.cert, args.key, args.ca_dir, args.days)

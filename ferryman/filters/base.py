@@ -23,6 +23,8 @@ import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar
 
+from mypy_extensions import mypyc_attr
+
 from ferryman.context import RequestContext, Response
 from ferryman.http.headers import HeaderList, remove
 
@@ -30,6 +32,8 @@ RequestResult = Response | None | Awaitable[Response | None]
 BodyFilter = Callable[[RequestContext, bytes, bool], bytes]
 
 
+# Subclassed by plain-Python code (plugins, the forward proxy) when this module is compiled.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Filter:
     """Base class for filters. Subclasses override any of the phase methods."""
 

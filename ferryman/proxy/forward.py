@@ -303,8 +303,10 @@ class ProxyExchange:
         self._conn = None
         pool = self._route.group.pool
         if conn is not None:
-            if keep_alive and self._sent_all and (
-                self._declared == -1 or self._declared == self._body_size
+            if (
+                keep_alive
+                and self._sent_all
+                and (self._declared == -1 or self._declared == self._body_size)
             ):
                 pool.release(conn)
             else:

@@ -8,6 +8,7 @@ import logging
 import signal
 import socket
 
+from ferryman._compiled import compiled
 from ferryman.build import Runtime
 from ferryman.config.schema import Config
 from ferryman.observe.logwriter import flush_all
@@ -60,7 +61,11 @@ async def serve(config: Config, runtime: Runtime | None = None) -> int:
     # it run less often, since a request allocates many short-lived tuples and no cycles.
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    log.info("worker serving %s", ", ".join(x.address for x in listeners))
+    log.info(
+        "worker serving %s (%s)",
+        ", ".join(x.address for x in listeners),
+        "compiled" if compiled() else "plain Python",
+    )
     await stop.wait()
     await drain(servers, listeners, config.shutdown_timeout)
     for group in runtime.groups.values():

@@ -12,11 +12,15 @@ import asyncio
 import ssl
 import time
 
+from mypy_extensions import mypyc_attr
+
 from ferryman.upstream.connection import UpstreamConnection
 from ferryman.upstream.peer import Peer
 from ferryman.upstream.tls import dial
 
 
+# Subclassed by plain-Python code (plugins, the forward proxy) when this module is compiled.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Pool:
     def __init__(
         self,
