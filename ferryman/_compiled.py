@@ -30,6 +30,7 @@ MODULES = (
     "ferryman.routing.table",
     "ferryman.server.deadline",
     "ferryman.server.h1",
+    "ferryman.server.listener",
     "ferryman.server.pipeline",
     "ferryman.upstream.balancer",
     "ferryman.upstream.connection",

@@ -57,7 +57,7 @@ class BulkSplice(Splice):
 
     def from_upstream_view(self, data: memoryview) -> bool:
         """Relay ``data``; True when the client's transport kept it to send later."""
-        self.from_upstream(data)  # type: ignore[arg-type]
+        self.from_upstream(data)
         t = self._client_transport
         return t is None or t.get_write_buffer_size() > 0
 

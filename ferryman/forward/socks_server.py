@@ -204,7 +204,7 @@ class SocksConnection(asyncio.Protocol):
             self.transport.resume_reading()
         return self._machine.leftover
 
-    def tunnel_write(self, data: bytes) -> None:
+    def tunnel_write(self, data: bytes | memoryview) -> None:
         if self.transport is not None:
             self.transport.write(data)
 

@@ -114,8 +114,8 @@ class ProxyExchange:
         self._send_timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
         group = route.group
-        if group.retry.timeout:
-            self._deadline = time.monotonic() + group.retry.timeout
+        if group.retry_timeout:
+            self._deadline = time.monotonic() + group.retry_timeout
 
         self._upgrade = ctx.state.get("upgrade") if route.websocket else None
         self._chunked_body = False

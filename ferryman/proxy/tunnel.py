@@ -64,7 +64,7 @@ class Splice:
         self._last = asyncio.get_running_loop().time()
         self._upstream.write(data)
 
-    def from_upstream(self, data: bytes) -> None:
+    def from_upstream(self, data: bytes | memoryview) -> None:
         self.bytes_down += len(data)
         self._last = asyncio.get_running_loop().time()
         self._downstream.tunnel_write(data)

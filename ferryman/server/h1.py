@@ -129,7 +129,7 @@ class H1Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_addr, self.client_port = peer[0], peer[1]
-        self._deadline.arm(listener.limits.client_header_timeout)
+        self._deadline.arm(listener.header_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -138,9 +138,9 @@ class H1Connection(asyncio.Protocol):
         if self._tunnel_buf is not None:
             self._tunnel_buf.append(data)
             return
-        if self._state == IDLE:
+        fresh = self._state == IDLE
+        if fresh:
             self._state = HEAD
-            self._deadline.arm(self.listener.limits.client_header_timeout)
         self._in_feed = True
         try:
             offset = self.parser.feed(data)
@@ -154,6 +154,9 @@ class H1Connection(asyncio.Protocol):
             self._internal_error(e)
             return
         self._in_feed = False
+        if fresh and self._state == HEAD:
+            # The head did not come whole in one read: from now on it has header_timeout.
+            self._deadline.arm(self.listener.header_timeout)
         if offset is not None:
             # What follows an upgrade request belongs to the tunnel, if there is one: hold
             # it, and read no more until the upstream has answered.
@@ -196,7 +199,7 @@ class H1Connection(asyncio.Protocol):
         self.write_paused = True
         if self._state == BUSY:
             # A client that takes no bytes for send_timeout is let go (nginx send_timeout).
-            self._deadline.arm(self.listener.limits.send_timeout)
+            self._deadline.arm(self.listener.send_timeout)
         if self.exchange is not None:
             self.exchange.on_downstream_pause()
         elif self.tunnel is not None:
@@ -208,7 +211,7 @@ class H1Connection(asyncio.Protocol):
             if self._request_done or not self._body_expected:
                 self._deadline.at = 0.0
             else:
-                self._deadline.arm(self.listener.limits.client_body_timeout)
+                self._deadline.arm(self.listener.body_timeout)
         if self.exchange is not None:
             self.exchange.on_downstream_resume()
         elif self.tunnel is not None:
@@ -228,9 +231,8 @@ class H1Connection(asyncio.Protocol):
         self._state = BUSY
         self.requests += 1
         listener = self.listener
-        limits = listener.limits
-        self.keep_alive = (
-            head.keep_alive and not listener.draining and self.requests < limits.keepalive_requests
+        self.keep_alive = head.keep_alive and (
+            not listener.draining and self.requests < listener.keepalive_requests
         )
         self._started = False
         self._chunked = False
@@ -250,7 +252,7 @@ class H1Connection(asyncio.Protocol):
         self.ctx = ctx
         has_body = self._body_expected = head.has_body
         if has_body:
-            self._deadline.arm(limits.client_body_timeout)
+            self._deadline.arm(listener.body_timeout)
         else:
             self._deadline.at = 0.0
         if head.target[:1] != b"/":
@@ -342,7 +344,7 @@ class H1Connection(asyncio.Protocol):
     # request body
 
     def _deliver_body(self, data: bytes) -> None:
-        self._deadline.extend(self.listener.limits.client_body_timeout)
+        self._deadline.extend(self.listener.body_timeout)
         if self._discard:
             self._discarded += len(data)
             if self._discarded > _DISCARD_LIMIT:
@@ -515,7 +517,7 @@ class H1Connection(asyncio.Protocol):
         self._update_reading()
         return buffered
 
-    def tunnel_write(self, data: bytes) -> None:
+    def tunnel_write(self, data: bytes | memoryview) -> None:
         if self.transport is not None:
             if self.ctx is not None:
                 self.ctx.bytes_sent += len(data)
@@ -584,7 +586,7 @@ class H1Connection(asyncio.Protocol):
                 self._deliver_end()
             return
         self._state = IDLE
-        self._deadline.arm(self.listener.limits.keepalive_timeout)
+        self._deadline.arm(self.listener.keepalive_timeout)
         if self.listener.draining:
             self._close()
 
@@ -653,7 +655,7 @@ class H1Connection(asyncio.Protocol):
             exchange, self.exchange = self.exchange, None
             if exchange is not None:
                 exchange.on_downstream_lost()
-            self.abort(f"the client took no bytes for {self.listener.limits.send_timeout:g}s")
+            self.abort(f"the client took no bytes for {self.listener.send_timeout:g}s")
         else:
             self._close()
 

@@ -243,7 +243,7 @@ class H2Stream:
         self.abort("tunnels are not served over HTTP/2")
         return b""
 
-    def tunnel_write(self, data: bytes) -> None:
+    def tunnel_write(self, data: bytes | memoryview) -> None:
         pass
 
     def tunnel_close(self) -> None:

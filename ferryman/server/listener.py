@@ -21,16 +21,21 @@ if TYPE_CHECKING:
 class Listener:
     __slots__ = (
         "address",
+        "body_timeout",
         "connections",
         "draining",
         "forward",
         "h2_limits",
+        "header_timeout",
         "hosts",
         "http2",
+        "keepalive_requests",
+        "keepalive_timeout",
         "limits",
         "parser_limits",
         "port",
         "scheme",
+        "send_timeout",
         "tls",
     )
 
@@ -48,6 +53,12 @@ class Listener:
         self.port = parse_hostport(address)[1]
         self.hosts = hosts
         self.limits = limits
+        # The limits every request reads, as plain attributes: a config model's are slower.
+        self.header_timeout: float = limits.client_header_timeout
+        self.body_timeout: float = limits.client_body_timeout
+        self.send_timeout: float = limits.send_timeout
+        self.keepalive_timeout: float = limits.keepalive_timeout
+        self.keepalive_requests: int = limits.keepalive_requests
         self.parser_limits = Limits(
             limits.max_request_line, limits.max_header_size, limits.max_headers
         )

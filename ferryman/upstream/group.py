@@ -52,6 +52,7 @@ class UpstreamGroup:
             tls = client_context(config.tls, alpn=["h2"]) if secure else None
             self.h2pool = H2Pool(tls, config.tls.server_name)
         self.retry: Retry = config.retry
+        self.retry_timeout: float = config.retry.timeout or 0.0
         self.retry_statuses = frozenset(
             int(c[5:]) for c in config.retry.when if c.startswith("http_")
         )
