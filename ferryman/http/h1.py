@@ -247,14 +247,24 @@ class ResponseHead:
 
 class ResponseSink(Protocol):
     def on_response(self, head: ResponseHead) -> None: ...
-    def on_response_body(self, data: bytes) -> None: ...
+    def on_response_body(self, data: bytes | memoryview) -> None: ...
     def on_response_end(self, keep_alive: bool) -> None: ...
 
 
-class ResponseParser(_ParserBase):
-    """Parses one upstream connection's responses; call :meth:`expect` before each request."""
+# A read at least this long that starts with a whole head: parse the head alone, and pass a
+# Content-Length body on as views of the read, uncopied (see ResponseParser.feed).
+PASS_THROUGH_MIN = 16384
 
-    __slots__ = ("_headers", "bodyless", "done", "sink", "stray")
+
+class ResponseParser(_ParserBase):
+    """Parses one upstream connection's responses; call :meth:`expect` before each request.
+
+    Bodies of known length that come in large reads skip llhttp: :meth:`feed` parses the
+    head alone and hands the body on as views of the bytes read (no copy), counting it down
+    to the end of the response; a fresh llhttp parser then takes the next head.
+    """
+
+    __slots__ = ("_alone", "_headers", "_keep", "body_left", "bodyless", "done", "sink", "stray")
     _parser: httptools.HttpResponseParser
     _too_large = 502
 
@@ -270,6 +280,53 @@ class ResponseParser(_ParserBase):
         # after that is ``stray``, and the connection must not be used again.
         self.done = False
         self.stray = False
+        self.body_left = 0  # bytes of a passed-through body still to come
+        self._alone = False  # the head being parsed was fed alone: its body may pass through
+        self._keep = False  # should_keep_alive of the response passing through
+
+    def feed(self, data: bytes) -> int | None:
+        if self.body_left:
+            self._pass(data, 0)
+            return None
+        if len(data) >= PASS_THROUGH_MIN and self._in_head and not self._head_size:
+            cut = data.find(b"\r\n\r\n") + 4
+            if cut > 4:
+                self._alone = True
+                try:
+                    offset = _ParserBase.feed(self, data[:cut])
+                finally:
+                    self._alone = False
+                if offset is not None:
+                    return offset
+                if self.body_left:
+                    self._pass(data, cut)
+                    return None
+                if cut == len(data):
+                    return None
+                # An interim response, or a body that cannot pass: the rest as usual.
+                offset = self.feed(data[cut:])
+                return None if offset is None else cut + offset
+        return _ParserBase.feed(self, data)
+
+    def _pass(self, data: bytes, start: int) -> None:
+        left = self.body_left
+        size = len(data) - start
+        if size <= left and not start:
+            self.sink.on_response_body(data)
+        else:
+            self.sink.on_response_body(memoryview(data)[start : start + left])
+        if size < left:
+            self.body_left = left - size
+            return
+        self.body_left = 0
+        # The end of the response, as on_message_complete has it; llhttp still waits for
+        # the body it never saw, so a fresh parser takes the next head.
+        self._parser = httptools.HttpResponseParser(self)
+        self._next_head()
+        self.done = True
+        if size > left:
+            self.stray = True  # bytes after the response: the upstream is out of step
+        self.sink.on_response_end(self._keep)
 
     def expect(self, method: str) -> None:
         """Tell the parser what the next response answers: HEAD responses carry no body.
@@ -303,6 +360,18 @@ class ResponseParser(_ParserBase):
             fields.get(b"connection") if len(fields) == len(headers) else UNKNOWN,
         )
         self.sink.on_response(head)
+        if (
+            self._alone
+            and head.content_length
+            and status >= 200
+            and not self.bodyless
+            and not head.chunked
+            and status != 204
+            and status != 304
+        ):
+            self.body_left = head.content_length
+            self._keep = p.should_keep_alive()
+            return
         if self.bodyless and status >= 200:
             # llhttp cannot be told a response answers HEAD: end it here and start a fresh
             # parser for the next response on this connection.
@@ -372,7 +441,7 @@ def request_head(method: str, target: bytes, headers: HeaderList) -> bytes:
     return b"%s %s HTTP/1.1\r\n%s\r\n" % (method.encode("ascii"), target, block)
 
 
-def chunk(data: bytes) -> bytes:
+def chunk(data: bytes | memoryview) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 

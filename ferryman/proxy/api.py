@@ -19,7 +19,7 @@ class Downstream(Protocol):
     def start_response(self, status: int, headers: HeaderList, length: int | None) -> None:
         """Send the head; ``length`` None means the body's length is unknown (streamed)."""
 
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: bytes | memoryview) -> None: ...
     def flush(self) -> None:
         """Send what was written so far (the head and body of a small response leave in one
         write when a handler calls this once per batch)."""

@@ -285,11 +285,14 @@ class ProxyExchange:
             self._downstream.set_send_buffer(route.buffer)
         self._downstream.start_response(status, headers, length)
 
-    def on_response_body(self, data: bytes) -> None:
+    def on_response_body(self, data: bytes | memoryview) -> None:
         if not self._started:
             return  # the body of a response we are not relaying (a retried 502)
-        for method in self._body_filters:
-            data = method(self.ctx, data, False)
+        if self._body_filters:
+            chunk = bytes(data)  # filters are given bytes
+            for method in self._body_filters:
+                chunk = method(self.ctx, chunk, False)
+            data = chunk
         self._downstream.write(data)
 
     def on_response_end(self, keep_alive: bool) -> None:

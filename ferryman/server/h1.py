@@ -42,6 +42,7 @@ IDLE, HEAD, BUSY, TUNNEL, CLOSED = range(5)
 _BODYLESS = frozenset({204, 304})
 _DISCARD_LIMIT = 1 << 20  # body bytes we read and drop to keep a connection after an early answer
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_GATHER_MIN = 16384  # a body piece this large is written beside the head, not joined to it
 
 
 class H1Connection(asyncio.Protocol):
@@ -54,6 +55,7 @@ class H1Connection(asyncio.Protocol):
         "_discard",
         "_discarded",
         "_expect",
+        "_gather",
         "_in_feed",
         "_out",
         "_pause_handler",
@@ -94,7 +96,8 @@ class H1Connection(asyncio.Protocol):
         self.client_addr = ""
         self.client_port = 0
         self._state = IDLE
-        self._out: list[bytes] = []
+        self._out: list[bytes | memoryview] = []
+        self._gather = False  # _out holds a large buffer: send with writev, not a join
         self._chunked = False
         self._started = False
         self._request_done = True
@@ -403,22 +406,36 @@ class H1Connection(asyncio.Protocol):
             headers.append((b"connection", b"keep-alive"))
         self._out.append(response_head(status, headers))
 
-    def write(self, data: bytes) -> None:
-        if not data:
+    def write(self, data: bytes | memoryview) -> None:
+        size = len(data)
+        if not size:
             return
         ctx = self.ctx
         if ctx is None:
             return
-        ctx.bytes_sent += len(data)
+        ctx.bytes_sent += size
         if ctx.method == "HEAD":
             return
+        if size >= _GATHER_MIN:
+            self._gather = True
         self._out.append(chunk(data) if self._chunked else data)
 
     def flush(self) -> None:
         out = self._out
         if out and self.transport is not None:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
-            out.clear()
+            self._send(out)
+
+    def _send(self, out: list[bytes | memoryview]) -> None:
+        """One write for what is queued: a join of small pieces, writev of large ones."""
+        assert self.transport is not None
+        if len(out) == 1:
+            self.transport.write(out[0])
+        elif self._gather:
+            self.transport.writelines(out)
+        else:
+            self.transport.write(b"".join(out))
+        self._gather = False
+        out.clear()
 
     def set_send_buffer(self, size: int) -> None:
         if self.transport is not None:
@@ -451,9 +468,8 @@ class H1Connection(asyncio.Protocol):
         out = self._out
         if self._chunked:
             out.append(LAST_CHUNK)
-        if out and self.transport is not None:  # flush(), inlined: once per response
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
-            out.clear()
+        if out and self.transport is not None:
+            self._send(out)
         # The common end of a response (_response_done's first half and _log), inlined.
         ctx = self.ctx
         self.exchange = None

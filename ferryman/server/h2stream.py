@@ -184,7 +184,7 @@ class H2Stream:
         self._bodyless = status in _BODYLESS or ctx.method == "HEAD"
         self._head = response_block(status, headers)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if not data or self._bodyless:
             return
         self.ctx.bytes_sent += len(data)

@@ -123,8 +123,8 @@ class Responses:
     def on_response(self, head: ResponseHead) -> None:
         self.events.append(("head", head.status, head.content_length, head.keep_alive))
 
-    def on_response_body(self, data: bytes) -> None:
-        self.events.append(("body", data))
+    def on_response_body(self, data: bytes | memoryview) -> None:
+        self.events.append(("body", bytes(data)))
 
     def on_response_end(self, keep_alive: bool) -> None:
         self.events.append(("end", keep_alive))
@@ -182,6 +182,69 @@ def test_large_reads_with_bodies_are_not_mistaken_for_large_heads() -> None:
     rp.feed(post + post[:40])  # a second head starts in the same read
     rp.feed(post[40:])
     assert reqs.events.count("end") == 2
+
+
+def _body(events: list[object]) -> bytes:
+    return b"".join(e[1] for e in events if isinstance(e, tuple) and e[0] == "body")
+
+
+class Views(Responses):
+    """Keeps what the parser hands over as it is (a view of the read, or bytes)."""
+
+    def on_response_body(self, data: bytes | memoryview) -> None:
+        self.events.append(("body", data))
+
+
+def test_a_large_body_of_known_length_passes_through_as_views_of_the_read() -> None:
+    sink = Views()
+    parser = ResponseParser(sink)
+    body = bytes(range(256)) * 256  # 64 KiB
+    read = b"HTTP/1.1 200 OK\r\nContent-Length: 65536\r\n\r\n" + body
+    for _ in range(2):  # a fresh llhttp parser takes the second head
+        parser.expect("GET")
+        parser.feed(read)
+        assert parser.done and not parser.stray
+    heads = [e for e in sink.events if e[0] == "head"]
+    bodies = [e[1] for e in sink.events if e[0] == "body"]
+    assert heads == [("head", 200, 65536, True)] * 2
+    assert all(isinstance(b, memoryview) and b.obj is read for b in bodies)
+    assert b"".join(bodies) == body * 2
+    assert [e for e in sink.events if e[0] == "end"] == [("end", True)] * 2
+
+
+def test_a_passed_body_spans_reads_and_bytes_after_it_are_stray() -> None:
+    sink = Responses()
+    parser = ResponseParser(sink)
+    body = b"z" * 40_000
+    read = b"HTTP/1.1 200 OK\r\nContent-Length: 40000\r\nConnection: close\r\n\r\n" + body
+    parser.expect("GET")
+    parser.feed(read[:20_000])
+    assert not parser.done
+    parser.feed(read[20_000:] + b"HTTP/1.1 200 OK\r\n")
+    assert parser.done and parser.stray
+    assert _body(sink.events) == body
+    assert sink.events[-1] == ("end", False)
+
+
+def test_large_reads_that_cannot_pass_through_parse_as_usual() -> None:
+    sink = Responses()
+    parser = ResponseParser(sink)
+    data = b"q" * 30_000
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (
+        len(data),
+        data,
+    )
+    parser.expect("GET")
+    parser.feed(b"HTTP/1.1 100 Continue\r\n\r\n" + chunked)
+    assert [e[1] for e in sink.events if e[0] == "head"] == [100, 200]
+    assert _body(sink.events) == data and parser.done and not parser.stray
+    sink.events.clear()
+    parser.expect("GET")  # an interim response, then a body that passes through
+    parser.feed(
+        b"HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 30000\r\n\r\n" + data
+    )
+    assert [e[1] for e in sink.events if e[0] == "head"] == [103, 200]
+    assert _body(sink.events) == data and parser.done and not parser.stray
 
 
 def test_a_head_split_across_reads_is_still_bounded() -> None:
