@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from typing import Final
 
 from ferryman.context import RequestContext
 from ferryman.filters.base import Filter
 from ferryman.http.headers import HeaderList
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-_FORWARDED = frozenset(
+_FORWARDED: Final = frozenset(
     {b"x-forwarded-for", b"x-real-ip", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
 )
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from ferryman.config.schema import HeaderEdits
 from ferryman.context import RequestContext
 from ferryman.filters.base import Filter
 from ferryman.http.headers import HeaderList
 
 # nginx's add_header applies to these unless ``always`` is set.
-_SUCCESS = frozenset({200, 201, 204, 206, 301, 302, 303, 304, 307, 308})
+_SUCCESS: Final = frozenset({200, 201, 204, 206, 301, 302, 303, 304, 307, 308})
 
 
 class _Edits:

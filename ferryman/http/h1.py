@@ -12,7 +12,7 @@ Parsers call a *sink*; they never touch a socket. An exception a parser raises i
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Final, Protocol
 
 import httptools
 
@@ -82,7 +82,9 @@ class Limits:
         self.max_headers = max_headers
 
 
-_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+_METHODS: Final = {
+    m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
+}
 
 
 class _ParserBase:
@@ -253,7 +255,7 @@ class ResponseSink(Protocol):
 
 # A read at least this long that starts with a whole head: parse the head alone, and pass a
 # Content-Length body on as views of the read, uncopied (see ResponseParser.feed).
-PASS_THROUGH_MIN = 16384
+PASS_THROUGH_MIN: Final = 16384
 
 
 class ResponseParser(_ParserBase):
@@ -397,7 +399,7 @@ class ResponseParser(_ParserBase):
         self.sink.on_response_end(self._parser.should_keep_alive())
 
 
-_REASONS: dict[int, bytes] = {}
+_REASONS: Final[dict[int, bytes]] = {}
 
 
 def reason_phrase(status: int) -> bytes:
@@ -413,7 +415,7 @@ def reason_phrase(status: int) -> bytes:
     return phrase
 
 
-_STATUS_LINES: dict[int, bytes] = {}
+_STATUS_LINES: Final[dict[int, bytes]] = {}
 
 
 def status_line(status: int) -> bytes:
@@ -426,7 +428,7 @@ def status_line(status: int) -> bytes:
 
 # Joining joins, mapped in C with no Python frame per field, is the quickest way CPython has
 # to lay out a header block.
-_FIELD = b": ".join
+_FIELD: Final = b": ".join
 
 
 def response_head(status: int, headers: HeaderList) -> bytes:
@@ -445,4 +447,4 @@ def chunk(data: bytes | memoryview) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-LAST_CHUNK = b"0\r\n\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"

@@ -7,11 +7,12 @@ HTTP/2 uses on the wire, so the pipeline does not care which protocol a request 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Final
 
 HeaderList = list[tuple[bytes, bytes]]
 
 # RFC 9110 7.6.1, plus the legacy ones every proxy strips.
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -55,7 +56,7 @@ def set_(headers: HeaderList, name: bytes, value: bytes) -> None:
 
 # Headers a Connection token may not remove: they frame the message or name its target, and
 # a peer that could strip them could smuggle a second message inside the body of the first.
-PROTECTED = frozenset({b"content-length", b"host", b"transfer-encoding"})
+PROTECTED: Final = frozenset({b"content-length", b"host", b"transfer-encoding"})
 
 
 def connection_tokens(headers: HeaderList) -> set[bytes]:
@@ -67,7 +68,7 @@ def connection_tokens(headers: HeaderList) -> set[bytes]:
 
 
 # ``connection`` value meaning "not known: look at the headers".
-UNKNOWN = b"\0"
+UNKNOWN: Final = b"\0"
 
 
 def strip_hop_by_hop(
@@ -90,4 +91,4 @@ def strip_hop_by_hop(
     return [h for h in kept if h[0] not in tokens]
 
 
-_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
+_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b"upgrade"})

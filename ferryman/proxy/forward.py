@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 from functools import partial
+from typing import Final
 
 from ferryman.config.schema import ProxyHandler
 from ferryman.context import RequestContext
@@ -35,8 +36,8 @@ from ferryman.upstream.peer import Peer
 
 log = logging.getLogger("ferryman.proxy")
 
-REPLAY_LIMIT = 256 * 1024
-_NO_BODY_STATUS = frozenset({204, 304})
+REPLAY_LIMIT: Final = 256 * 1024
+_NO_BODY_STATUS: Final = frozenset({204, 304})
 
 
 class ProxyRoute:
@@ -494,7 +495,7 @@ def _frame_chunked(data: bytes) -> bytes:
 
 
 # Expect is answered by Ferryman itself (100 Continue), so it does not travel further.
-_UPSTREAM_DROP = HOP_BY_HOP | {b"expect"}
+_UPSTREAM_DROP: Final = HOP_BY_HOP | {b"expect"}
 
 
 def _set_host(headers: HeaderList, host: bytes) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from ferryman.context import RequestContext, Response
 from ferryman.filters.base import FilterChain
@@ -38,11 +38,18 @@ from ferryman.server.sendfile import can_sendfile, sendfile
 
 log = logging.getLogger("ferryman")
 
-IDLE, HEAD, BUSY, TUNNEL, CLOSED = range(5)
-_BODYLESS = frozenset({204, 304})
-_DISCARD_LIMIT = 1 << 20  # body bytes we read and drop to keep a connection after an early answer
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_GATHER_MIN = 16384  # a body piece this large is written beside the head, not joined to it
+# Connection states. Final: the compiled build reads these as constants, not globals.
+IDLE: Final = 0
+HEAD: Final = 1
+BUSY: Final = 2
+TUNNEL: Final = 3
+CLOSED: Final = 4
+_BODYLESS: Final = frozenset({204, 304})
+_DISCARD_LIMIT: Final = (
+    1 << 20
+)  # body bytes we read and drop to keep a connection after an early answer
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_GATHER_MIN: Final = 16384  # a body piece this large is written beside the head, not joined to it
 
 
 class H1Connection(asyncio.Protocol):

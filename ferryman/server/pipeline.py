@@ -9,7 +9,7 @@ Continue``, keeping a connection, where the body waits while async filters run) 
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Final, Protocol
 
 from ferryman.context import RequestContext, Response
 from ferryman.filters.base import FilterChain
@@ -23,7 +23,7 @@ from ferryman.server.tasks import spawn
 log = logging.getLogger("ferryman")
 
 # The gateway's "no route" answer; with ``error_format: html`` the usual HTML error instead.
-_NOT_FOUND = b'{"error": "Route not found"}'
+_NOT_FOUND: Final = b'{"error": "Route not found"}'
 
 
 class Side(Protocol):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from ferryman.http.h1 import ParseError, ResponseHead, ResponseParser
 from ferryman.server.deadline import Deadline
@@ -41,7 +41,7 @@ class _Discard:
         pass
 
 
-_DISCARD = _Discard()
+_DISCARD: Final = _Discard()
 
 
 class UpstreamConnection(asyncio.Protocol):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Final
 
 from ferryman.config.schema import Retry, Upstream
 from ferryman.context import RequestContext
@@ -14,7 +15,7 @@ from ferryman.upstream.peer import Peer
 from ferryman.upstream.pool import Pool
 from ferryman.upstream.tls import client_context
 
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class UpstreamGroup:
