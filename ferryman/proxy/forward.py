@@ -289,11 +289,8 @@ class ProxyExchange:
     def on_response_body(self, data: bytes | memoryview) -> None:
         if not self._started:
             return  # the body of a response we are not relaying (a retried 502)
-        if self._body_filters:
-            chunk = bytes(data)  # filters are given bytes
-            for method in self._body_filters:
-                chunk = method(self.ctx, chunk, False)
-            data = chunk
+        if self._body_filters:  # filters are given bytes
+            data = FilterChain.run_body(self._body_filters, self.ctx, bytes(data), False)
         self._downstream.write(data)
 
     def on_response_end(self, keep_alive: bool) -> None:
