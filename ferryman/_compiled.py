@@ -58,14 +58,27 @@ def _extension(module: str) -> Path | None:
     return None
 
 
+# Written by scripts/build after a build: the module list it compiled. A build of another
+# list is stale as a whole, since its modules call each other directly.
+def _stamp() -> Path:
+    return _ROOT / "ferryman" / "_hot.modules"
+
+
+def write_stamp() -> None:
+    _stamp().write_text("\n".join(MODULES) + "\n", encoding="utf-8")
+
+
 def stale() -> list[str]:
     """Modules whose source is newer than the build (or that were not built while others
     were): running the build would run old code. The group's shared library holds every
     module's code; the per-module extensions are shims a rebuild may leave untouched."""
     built = {m: _extension(m) for m in MODULES}
-    if not any(built.values()):
-        return []
     lib = _extension(GROUP + "__mypyc")
+    if lib is None and not any(built.values()):
+        return []
+    stamp = _stamp().read_text(encoding="utf-8").split() if _stamp().exists() else []
+    if stamp != list(MODULES):
+        return list(MODULES)
     when = lib.stat().st_mtime if lib is not None else 0.0
     return [m for m, ext in built.items() if ext is None or when < source(m).stat().st_mtime]
 
@@ -95,6 +108,11 @@ def guard() -> None:
         )
     if old or os.environ.get("FERRYMAN_PURE") == "1":
         sys.meta_path.insert(0, _SourceFirst(MODULES))
+
+
+def built() -> bool:
+    """Whether a compiled build is present (current or not: see :func:`stale`)."""
+    return _extension(GROUP + "__mypyc") is not None
 
 
 def compiled() -> bool:

@@ -17,7 +17,9 @@ SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 
 def _tree(root: Path, built: dict[str, float], sources_at: float) -> None:
     """Sources for every listed module at ``sources_at``; extensions for ``built`` (module ->
-    mtime), the group's shared library among them when it is a key."""
+    mtime), the group's shared library among them when it is a key; the build's stamp."""
+    (root / "ferryman").mkdir(parents=True, exist_ok=True)
+    _compiled.write_stamp()
     for module in (*_compiled.MODULES, _compiled.GROUP + "__mypyc"):
         src = root.joinpath(*module.split(".")).with_suffix(".py")
         src.parent.mkdir(parents=True, exist_ok=True)
@@ -57,6 +59,17 @@ def test_an_edited_source_or_a_missing_module_makes_the_build_stale(
     edited = _compiled.source(_compiled.MODULES[2])
     os.utime(edited, (3000.0, 3000.0))
     assert _compiled.stale() == [_compiled.MODULES[0], _compiled.MODULES[2]]
+
+
+def test_a_build_of_another_module_list_is_stale_as_a_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_compiled, "_ROOT", tmp_path)
+    built = {m: 2000.0 for m in (*_compiled.MODULES, _compiled.GROUP + "__mypyc")}
+    _tree(tmp_path, built, 1000.0)
+    assert _compiled.stale() == []
+    (tmp_path / "ferryman" / "_hot.modules").write_text("ferryman.server.h2\n")
+    assert _compiled.stale() == list(_compiled.MODULES)
 
 
 def test_ferryman_pure_imports_every_listed_module_from_source() -> None:
