@@ -435,12 +435,21 @@ def response_head(status: int, headers: HeaderList) -> bytes:
     line = _STATUS_LINES.get(status) or status_line(status)
     if not headers:
         return line + b"\r\n"
-    return line + b"\r\n".join(map(_FIELD, headers)) + b"\r\n\r\n"
+    return b"".join((line, b"\r\n".join(map(_FIELD, headers)), b"\r\n\r\n"))
+
+
+# "GET " and the like, made once: a format string would be parsed on every request.
+_REQUEST_LINE_START: Final[dict[str, bytes]] = {}
 
 
 def request_head(method: str, target: bytes, headers: HeaderList) -> bytes:
-    block = b"\r\n".join(map(_FIELD, headers)) + b"\r\n" if headers else b""
-    return b"%s %s HTTP/1.1\r\n%s\r\n" % (method.encode("ascii"), target, block)
+    start = _REQUEST_LINE_START.get(method)
+    if start is None:
+        start = _REQUEST_LINE_START[method] = method.encode("ascii") + b" "
+    if not headers:
+        return b"".join((start, target, b" HTTP/1.1\r\n\r\n"))
+    block = b"\r\n".join(map(_FIELD, headers))
+    return b"".join((start, target, b" HTTP/1.1\r\n", block, b"\r\n\r\n"))
 
 
 def chunk(data: bytes | memoryview) -> bytes:
