@@ -266,7 +266,17 @@ class ResponseParser(_ParserBase):
     to the end of the response; a fresh llhttp parser then takes the next head.
     """
 
-    __slots__ = ("_alone", "_headers", "_keep", "body_left", "bodyless", "done", "sink", "stray")
+    __slots__ = (
+        "_alone",
+        "_headers",
+        "_keep",
+        "_status",
+        "body_left",
+        "bodyless",
+        "done",
+        "sink",
+        "stray",
+    )
     _parser: httptools.HttpResponseParser
     _too_large = 502
 
@@ -285,6 +295,7 @@ class ResponseParser(_ParserBase):
         self.body_left = 0  # bytes of a passed-through body still to come
         self._alone = False  # the head being parsed was fed alone: its body may pass through
         self._keep = False  # should_keep_alive of the response passing through
+        self._status = 0  # of the response being parsed
 
     def feed(self, data: bytes) -> int | None:
         if self.body_left:
@@ -345,7 +356,7 @@ class ResponseParser(_ParserBase):
 
     def on_headers_complete(self) -> None:
         p = self._parser
-        status = p.get_status_code()
+        status = self._status = p.get_status_code()
         headers = self._headers
         self._headers = []
         self._in_head = False
@@ -392,7 +403,7 @@ class ResponseParser(_ParserBase):
     def on_message_complete(self) -> None:
         self._head_size = 0  # the next head starts here (_next_head, inlined: hot path)
         self._in_head = True
-        if self._parser.get_status_code() >= 200:
+        if self._status >= 200:
             if self.bodyless:
                 return
             self.done = True
