@@ -3,14 +3,16 @@ stale builds out.
 
 Ferryman is plain Python and runs as such. ``scripts/build`` (which ``scripts/run`` and
 ``scripts/test`` call) compiles the modules below into C extensions beside their sources;
-Python then imports those instead. The source stays the truth: when any compiled module is
-older than its source, or ``FERRYMAN_PURE=1`` is set, every one of them is imported from its
-``.py`` file, so an edit is never shadowed by an old build. They are all or nothing because
-compiled modules call each other directly, past the import system.
+Python then imports those instead. The source stays the truth: the build records a hash of
+each source it compiled, and when any differs (or the list does, or ``FERRYMAN_PURE=1`` is
+set) every one of them is imported from its ``.py`` file, so an edit is never shadowed by an
+old build. They are all or nothing because compiled modules call each other directly, past
+the import system.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.machinery
 import importlib.util
 import os
@@ -58,29 +60,41 @@ def _extension(module: str) -> Path | None:
     return None
 
 
-# Written by scripts/build after a build: the module list it compiled. A build of another
-# list is stale as a whole, since its modules call each other directly.
+def _extensions() -> list[str]:
+    """Every module under ``ferryman/`` that has a compiled extension beside it."""
+    found = []
+    for path in (_ROOT / "ferryman").rglob("*.so"):
+        parts = path.relative_to(_ROOT).with_name(path.name.split(".")[0]).parts
+        found.append(".".join(parts))
+    return found
+
+
 def _stamp() -> Path:
     return _ROOT / "ferryman" / "_hot.modules"
 
 
-def write_stamp() -> None:
-    _stamp().write_text("\n".join(MODULES) + "\n", encoding="utf-8")
+def stamp_text() -> str:
+    """What a build of the sources as they are now records: each module and a hash of its
+    source. scripts/build takes it before compiling, so an edit made meanwhile shows."""
+    lines = [f"{m} {hashlib.sha1(source(m).read_bytes()).hexdigest()}" for m in MODULES]
+    return "\n".join(lines) + "\n"
 
 
 def stale() -> list[str]:
-    """Modules whose source is newer than the build (or that were not built while others
-    were): running the build would run old code. The group's shared library holds every
-    module's code; the per-module extensions are shims a rebuild may leave untouched."""
-    built = {m: _extension(m) for m in MODULES}
-    lib = _extension(GROUP + "__mypyc")
-    if lib is None and not any(built.values()):
+    """The modules a compiled build present would run out of date: all of them when the
+    sources, or the module list, differ from what the build recorded (its modules call each
+    other directly, so they are current together or not at all), and any module compiled by
+    an earlier list. Empty when there is no build, or when it is current."""
+    present = _extensions()
+    if not present:
         return []
-    stamp = _stamp().read_text(encoding="utf-8").split() if _stamp().exists() else []
-    if stamp != list(MODULES):
-        return list(MODULES)
-    when = lib.stat().st_mtime if lib is not None else 0.0
-    return [m for m, ext in built.items() if ext is None or when < source(m).stat().st_mtime]
+    group = GROUP + "__mypyc"
+    orphans = [m for m in present if m not in MODULES and m != group]
+    stamp = _stamp().read_text(encoding="utf-8") if _stamp().exists() else ""
+    complete = all(m in present for m in (*MODULES, group))
+    if not orphans and complete and stamp == stamp_text():
+        return []
+    return [*MODULES, *orphans]
 
 
 class _SourceFirst:
@@ -92,22 +106,23 @@ class _SourceFirst:
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in self.modules:
+        if fullname not in self.modules or not source(fullname).exists():
             return None
         return importlib.util.spec_from_file_location(fullname, source(fullname))
 
 
 def guard() -> None:
     """Called once from ``ferryman/__init__``, before any listed module is imported."""
-    old = [] if os.environ.get("FERRYMAN_PURE") == "1" else stale()
+    pure = os.environ.get("FERRYMAN_PURE") == "1"
+    old = [] if pure else stale()
     if old:
         print(
-            f"ferryman: the compiled build is older than {source(old[0]).relative_to(_ROOT)}"
-            f" (and {len(old) - 1} more); running plain Python. scripts/build recompiles.",
+            "ferryman: the compiled build does not match the sources; running plain Python."
+            " scripts/build recompiles.",
             file=sys.stderr,
         )
-    if old or os.environ.get("FERRYMAN_PURE") == "1":
-        sys.meta_path.insert(0, _SourceFirst(MODULES))
+    if old or pure:
+        sys.meta_path.insert(0, _SourceFirst(old or MODULES))
 
 
 def built() -> bool:

@@ -1,4 +1,4 @@
-"""The guard that keeps a stale compiled build from running instead of the sources."""
+"""The guard that keeps a compiled build that does not match the sources from running."""
 
 from __future__ import annotations
 
@@ -13,63 +13,61 @@ import pytest
 from ferryman import _compiled
 
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
+GROUP = _compiled.GROUP + "__mypyc"
 
 
-def _tree(root: Path, built: dict[str, float], sources_at: float) -> None:
-    """Sources for every listed module at ``sources_at``; extensions for ``built`` (module ->
-    mtime), the group's shared library among them when it is a key; the build's stamp."""
-    (root / "ferryman").mkdir(parents=True, exist_ok=True)
-    _compiled.write_stamp()
-    for module in (*_compiled.MODULES, _compiled.GROUP + "__mypyc"):
-        src = root.joinpath(*module.split(".")).with_suffix(".py")
-        src.parent.mkdir(parents=True, exist_ok=True)
-        src.write_text("")
-        os.utime(src, (sources_at, sources_at))
-        if module in built:
-            ext = src.with_suffix(SUFFIX)
-            ext.write_bytes(b"")
-            os.utime(ext, (built[module], built[module]))
+def _file(root: Path, module: str, suffix: str, content: bytes = b"") -> Path:
+    path = root.joinpath(*module.split(".")).with_suffix(suffix)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+@pytest.fixture
+def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Sources of every listed module, a complete build of them and its stamp."""
+    monkeypatch.setattr(_compiled, "_ROOT", tmp_path)
+    for module in _compiled.MODULES:
+        _file(tmp_path, module, ".py", f"# {module}\n".encode())
+        _file(tmp_path, module, SUFFIX)
+    _file(tmp_path, GROUP, SUFFIX)
+    (tmp_path / "ferryman" / "_hot.modules").write_text(_compiled.stamp_text())
+    return tmp_path
 
 
 def test_no_build_is_not_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_compiled, "_ROOT", tmp_path)
-    _tree(tmp_path, {}, 1000.0)
-    assert _compiled.stale() == []
+    for module in _compiled.MODULES:
+        _file(tmp_path, module, ".py")
+    assert _compiled.stale() == [] and not _compiled.built()
 
 
-def test_a_build_newer_than_every_source_is_current(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(_compiled, "_ROOT", tmp_path)
-    # Shims may keep old times; the shared library is what counts.
-    built = {m: 500.0 for m in _compiled.MODULES}
-    built[_compiled.GROUP + "__mypyc"] = 2000.0
-    _tree(tmp_path, built, 1000.0)
-    assert _compiled.stale() == []
+def test_a_build_of_these_sources_is_current(tree: Path) -> None:
+    assert _compiled.stale() == [] and _compiled.built()
 
 
-def test_an_edited_source_or_a_missing_module_makes_the_build_stale(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(_compiled, "_ROOT", tmp_path)
-    built = {m: 2000.0 for m in _compiled.MODULES[1:]}
-    built[_compiled.GROUP + "__mypyc"] = 2000.0
-    _tree(tmp_path, built, 1000.0)
-    assert _compiled.stale() == [_compiled.MODULES[0]]  # listed but never built
-    edited = _compiled.source(_compiled.MODULES[2])
-    os.utime(edited, (3000.0, 3000.0))
-    assert _compiled.stale() == [_compiled.MODULES[0], _compiled.MODULES[2]]
-
-
-def test_a_build_of_another_module_list_is_stale_as_a_whole(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(_compiled, "_ROOT", tmp_path)
-    built = {m: 2000.0 for m in (*_compiled.MODULES, _compiled.GROUP + "__mypyc")}
-    _tree(tmp_path, built, 1000.0)
-    assert _compiled.stale() == []
-    (tmp_path / "ferryman" / "_hot.modules").write_text("ferryman.server.h2\n")
+def test_an_edited_source_makes_the_whole_build_stale(tree: Path) -> None:
+    # Content, not times: an edit saved during a build, or copied in with old times, shows.
+    edited = _compiled.source(_compiled.MODULES[3])
+    edited.write_bytes(edited.read_bytes() + b"x = 1\n")
+    os.utime(edited, (1.0, 1.0))
     assert _compiled.stale() == list(_compiled.MODULES)
+
+
+def test_a_missing_extension_or_another_module_list_is_stale(tree: Path) -> None:
+    _compiled.source(_compiled.MODULES[0]).with_suffix(SUFFIX).unlink()
+    assert _compiled.stale() == list(_compiled.MODULES)
+    _file(tree, _compiled.MODULES[0], SUFFIX)
+    (tree / "ferryman" / "_hot.modules").write_text("ferryman.server.h2 0\n")
+    assert _compiled.stale() == list(_compiled.MODULES)
+
+
+def test_an_extension_left_by_an_earlier_module_list_is_stale_and_loaded_from_source(
+    tree: Path,
+) -> None:
+    _file(tree, "ferryman.server.h2", ".py")
+    _file(tree, "ferryman.server.h2", SUFFIX)
+    assert _compiled.stale() == [*_compiled.MODULES, "ferryman.server.h2"]
 
 
 def test_ferryman_pure_imports_every_listed_module_from_source() -> None:

@@ -147,7 +147,9 @@ class FilterChain:
         # Called as returning object: the compiled build would reject a bytearray at the call.
         for method in cast("tuple[Callable[..., object], ...]", filters):
             out = method(ctx, data, end)
-            data = out if type(out) is bytes else bytes(cast("bytes | bytearray | memoryview", out))
+            if type(out) is not bytes:  # memoryview() refuses what is not a buffer (an int)
+                out = bytes(memoryview(cast("bytes | bytearray | memoryview", out)))
+            data = out
         return data
 
     @staticmethod

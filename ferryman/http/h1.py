@@ -123,7 +123,6 @@ class _ParserBase:
     def _next_head(self) -> None:
         """A message ended: whatever follows in this chunk, and after, is the next head.
 
-        There is no ``on_message_begin`` callback: one Python call less per message.
         The chunk that ended the message is not counted against the next head: it may be a
         256 KiB read of body, which would fail the next response for "header too large";
         what of it belongs to the next head is bounded by the read size and checked exactly
@@ -268,6 +267,7 @@ class ResponseParser(_ParserBase):
 
     __slots__ = (
         "_alone",
+        "_begun",
         "_headers",
         "_keep",
         "_status",
@@ -296,12 +296,13 @@ class ResponseParser(_ParserBase):
         self._alone = False  # the head being parsed was fed alone: its body may pass through
         self._keep = False  # should_keep_alive of the response passing through
         self._status = 0  # of the response being parsed
+        self._begun = False  # llhttp is inside a message: a read cannot start a head
 
     def feed(self, data: bytes) -> int | None:
         if self.body_left:
             self._pass(data, 0)
             return None
-        if len(data) >= PASS_THROUGH_MIN and self._in_head and not self._head_size:
+        if len(data) >= PASS_THROUGH_MIN and not self._begun:
             cut = data.find(b"\r\n\r\n") + 4
             if cut > 4:
                 self._alone = True
@@ -336,10 +337,15 @@ class ResponseParser(_ParserBase):
         # the body it never saw, so a fresh parser takes the next head.
         self._parser = httptools.HttpResponseParser(self)
         self._next_head()
+        self._begun = False
         self.done = True
-        if size > left:
-            self.stray = True  # bytes after the response: the upstream is out of step
-        self.sink.on_response_end(self._keep)
+        keep = self._keep
+        if size > left and data[start + left :].strip(b"\r\n"):
+            # Bytes after the response (a stray CRLF aside, which llhttp would skip): the
+            # upstream is out of step, and this connection must not serve another request.
+            self.stray = True
+            keep = False
+        self.sink.on_response_end(keep)
 
     def expect(self, method: str) -> None:
         """Tell the parser what the next response answers: HEAD responses carry no body.
@@ -348,6 +354,7 @@ class ResponseParser(_ParserBase):
         self.done = self.stray = False
 
     def on_message_begin(self) -> None:
+        self._begun = True
         if self.done:
             self.stray = True
 
@@ -391,6 +398,7 @@ class ResponseParser(_ParserBase):
             keep_alive = p.should_keep_alive()
             self._parser = httptools.HttpResponseParser(self)
             self._next_head()
+            self._begun = False
             self.done = True
             self.sink.on_response_end(keep_alive)
 
@@ -403,6 +411,7 @@ class ResponseParser(_ParserBase):
     def on_message_complete(self) -> None:
         self._head_size = 0  # the next head starts here (_next_head, inlined: hot path)
         self._in_head = True
+        self._begun = False
         if self._status >= 200:
             if self.bodyless:
                 return

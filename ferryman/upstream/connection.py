@@ -54,7 +54,9 @@ class UpstreamConnection(asyncio.Protocol):
         "owner",
         "parser",
         "peer",
+        "reading",
         "requests",
+        "returning",
         "transport",
         "tunnel",
     )
@@ -68,6 +70,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.on_idle_close: Callable[[UpstreamConnection], None] | None = None
         self.closed = False
+        # While a read is parsed, a pool taking the connection back waits in ``returning``
+        # for the rest of the read: bytes after the response mean it cannot be reused.
+        self.reading = False
+        self.returning: Callable[[UpstreamConnection], None] | None = None
         # Set when the connection has become a byte tunnel (WebSocket): data goes there.
         self.tunnel: Splice | None = None
         # The read timeout: one timer for the connection's life, moved by storing a deadline.
@@ -142,15 +148,23 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes from an idle upstream mean it is out of step with us: never reuse it.
             self.close()
             return
+        parser = self.parser
+        self.reading = True
         try:
-            offset = self.parser.feed(data)
+            offset = parser.feed(data)
         except ParseError as e:
+            self.reading = False
             self.close()
             owner.on_upstream_lost(f"invalid response from upstream: {e.reason}")
             return
-        if self.parser.stray:
+        self.reading = False
+        if parser.stray:
             # Bytes after the end of the response: the upstream is out of step with us.
             self.close()
+        returning = self.returning
+        if returning is not None:
+            self.returning = None
+            returning(self)
         if offset is not None:
             owner.on_upstream_upgrade(data[offset:])
         elif self.owner is owner:

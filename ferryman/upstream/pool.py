@@ -71,6 +71,14 @@ class Pool:
         """Take back a connection whose last exchange was complete."""
         self.active -= 1
         conn.detach()
+        if conn.reading:
+            # Its response ended inside a read still being parsed: a pipelined request must
+            # not take it before the rest of that read shows the upstream in step.
+            conn.returning = self._keep
+            return
+        self._keep(conn)
+
+    def _keep(self, conn: UpstreamConnection) -> None:
         if conn.closed or conn.requests >= self.max_requests or self.idle_count >= self.max_idle:
             conn.close()
             return

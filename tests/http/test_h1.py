@@ -255,3 +255,25 @@ def test_a_head_split_across_reads_is_still_bounded() -> None:
         for _ in range(100):
             rp.feed(b"X-A: " + b"a" * 100 + b"\r\n")
     assert info.value.status == 431
+
+
+def test_a_read_that_continues_a_head_never_starts_a_pass_through() -> None:
+    # An interim response, then the final head cut inside its blank line: the next read is
+    # long and holds "\r\n\r\n" in its body, but it is not the start of a head.
+    sink = Responses()
+    parser = ResponseParser(sink)
+    body = b"a\r\n\r\nb" * 5000
+    parser.expect("GET")
+    parser.feed(b"HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 30000\r\n")
+    parser.feed(b"\r\n" + body)
+    assert [e[1] for e in sink.events if e[0] == "head"] == [103, 200]
+    assert _body(sink.events) == body and parser.done and not parser.stray
+    assert sink.events[-1] == ("end", True) and parser.body_left == 0
+
+
+def test_a_crlf_after_a_passed_body_is_not_stray() -> None:
+    sink = Responses()
+    parser = ResponseParser(sink)
+    parser.expect("GET")
+    parser.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 20000\r\n\r\n" + b"c" * 20000 + b"\r\n")
+    assert parser.done and not parser.stray and sink.events[-1] == ("end", True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from ferryman.http.h1 import ResponseHead
+from ferryman.upstream.connection import UpstreamConnection
 from ferryman.upstream.peer import Peer
 from ferryman.upstream.pool import Pool
 
@@ -20,7 +21,7 @@ class Owner:
     def on_response(self, head: ResponseHead) -> None:
         pass
 
-    def on_response_body(self, data: bytes) -> None:
+    def on_response_body(self, data: bytes | memoryview) -> None:
         self.body += data
 
     def on_response_end(self, keep_alive: bool) -> None:
@@ -45,10 +46,20 @@ class Owner:
         pass
 
 
-async def upstream(extra: bytes = b"", close_after: float | None = None) -> asyncio.Server:
+def _ok(body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+async def upstream(
+    extra: bytes = b"", close_after: float | None = None, response: bytes | None = None
+) -> asyncio.Server:
+    """Answers every request with ``response`` (default: 200 "ok", then ``extra``), in one
+    write."""
+    answer = response if response is not None else _ok(b"ok") + extra
+
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while await reader.readuntil(b"\r\n\r\n"):
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + extra)
+            writer.write(answer)
             await writer.drain()
             if close_after is not None:
                 await asyncio.sleep(close_after)
@@ -113,5 +124,62 @@ def test_idle_timeout_and_cap() -> None:
         assert pool.idle_count == 0 and a.closed
         pool.close()
         server.close()
+
+    asyncio.run(main())
+
+
+class Releasing(Owner):
+    """Gives the connection back from inside on_response_end, as the proxy does, and then
+    asks for one at once, as a pipelined request would."""
+
+    def __init__(self, pool: Pool, peer: Peer) -> None:
+        super().__init__()
+        self.pool, self.peer = pool, peer
+        self.conn: UpstreamConnection | None = None
+        self.lent_again: UpstreamConnection | None = None
+
+    def on_response_end(self, keep_alive: bool) -> None:
+        assert self.conn is not None
+        self.pool.release(self.conn)
+        self.lent_again = self.pool.acquire_idle(self.peer)
+        super().on_response_end(keep_alive)
+
+
+def test_a_connection_whose_read_goes_on_past_the_response_is_not_lent_from_inside_it() -> None:
+    async def main() -> None:
+        for body in (b"ok", b"x" * 40_000):  # parsed by llhttp; passed through
+            server = await upstream(response=_ok(body) + b"HTTP/1.1 200 OK\r\n")
+            peer = Peer(f"127.0.0.1:{server.sockets[0].getsockname()[1]}")
+            pool = Pool(max_idle=4, idle_timeout=60, max_requests=100)
+            owner = Releasing(pool, peer)
+            conn = owner.conn = await pool.connect(peer)
+            conn.attach(owner, "GET")
+            conn.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await owner.ended
+            await asyncio.sleep(0.05)
+            assert owner.body == body and owner.lent_again is None
+            assert conn.closed and pool.acquire_idle(peer) is None
+            pool.close()
+            server.close()
+
+    asyncio.run(main())
+
+
+def test_a_clean_read_gives_the_connection_back_once_parsed() -> None:
+    async def main() -> None:
+        server = await upstream(response=_ok(b"y" * 40_000) + b"\r\n")  # a stray CRLF is fine
+        peer = Peer(f"127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        pool = Pool(max_idle=4, idle_timeout=60, max_requests=100)
+        owner = Releasing(pool, peer)
+        conn = owner.conn = await pool.connect(peer)
+        conn.attach(owner, "GET")
+        conn.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await owner.ended
+        assert owner.lent_again is None  # not while its read was being parsed
+        assert pool.acquire_idle(peer) is conn and not conn.closed
+        conn.close()
+        pool.close()
+        server.close()
+        await asyncio.sleep(0.05)
 
     asyncio.run(main())
