@@ -145,17 +145,28 @@ class Releasing(Owner):
         super().on_response_end(keep_alive)
 
 
+async def _released_from_inside(
+    response: bytes,
+) -> tuple[asyncio.Server, Pool, Peer, Releasing, UpstreamConnection]:
+    """One exchange with an upstream that answers ``response``, the owner giving the
+    connection back from inside on_response_end."""
+    server = await upstream(response=response)
+    peer = Peer(f"127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    pool = Pool(max_idle=4, idle_timeout=60, max_requests=100)
+    owner = Releasing(pool, peer)
+    conn = owner.conn = await pool.connect(peer)
+    conn.attach(owner, "GET")
+    conn.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await owner.ended
+    return server, pool, peer, owner, conn
+
+
 def test_a_connection_whose_read_goes_on_past_the_response_is_not_lent_from_inside_it() -> None:
     async def main() -> None:
         for body in (b"ok", b"x" * 40_000):  # parsed by llhttp; passed through
-            server = await upstream(response=_ok(body) + b"HTTP/1.1 200 OK\r\n")
-            peer = Peer(f"127.0.0.1:{server.sockets[0].getsockname()[1]}")
-            pool = Pool(max_idle=4, idle_timeout=60, max_requests=100)
-            owner = Releasing(pool, peer)
-            conn = owner.conn = await pool.connect(peer)
-            conn.attach(owner, "GET")
-            conn.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            await owner.ended
+            server, pool, peer, owner, conn = await _released_from_inside(
+                _ok(body) + b"HTTP/1.1 200 OK\r\n"
+            )
             await asyncio.sleep(0.05)
             assert owner.body == body and owner.lent_again is None
             assert conn.closed and pool.acquire_idle(peer) is None
@@ -167,15 +178,10 @@ def test_a_connection_whose_read_goes_on_past_the_response_is_not_lent_from_insi
 
 def test_a_clean_read_gives_the_connection_back_once_parsed() -> None:
     async def main() -> None:
-        server = await upstream(response=_ok(b"y" * 40_000) + b"\r\n")  # a stray CRLF is fine
-        peer = Peer(f"127.0.0.1:{server.sockets[0].getsockname()[1]}")
-        pool = Pool(max_idle=4, idle_timeout=60, max_requests=100)
-        owner = Releasing(pool, peer)
-        conn = owner.conn = await pool.connect(peer)
-        conn.attach(owner, "GET")
-        conn.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert await owner.ended
-        assert owner.lent_again is None  # not while its read was being parsed
+        # A stray CRLF after the body is fine.
+        server, pool, peer, owner, conn = await _released_from_inside(_ok(b"y" * 40_000) + b"\r\n")
+        # Not lent while its read was being parsed; lent once it was.
+        assert owner.ended.result() and owner.lent_again is None
         assert pool.acquire_idle(peer) is conn and not conn.closed
         conn.close()
         pool.close()
