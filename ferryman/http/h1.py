@@ -221,8 +221,7 @@ class RequestParser(_ParserBase):
         self._sink.on_body(body)
 
     def on_message_complete(self) -> None:
-        self._head_size = 0  # the next head starts here (_next_head, inlined: hot path)
-        self._in_head = True
+        self._next_head()
         self._sink.on_request_end()
 
 
@@ -348,8 +347,7 @@ class ResponseParser(_ParserBase):
         self.sink.on_response_end(keep)
 
     def expect(self, method: str) -> None:
-        """Tell the parser what the next response answers: HEAD responses carry no body.
-        (UpstreamConnection.attach does this inline.)"""
+        """Tell the parser what the next response answers: HEAD responses carry no body."""
         self.bodyless = method == "HEAD"
         self.done = self.stray = False
 
@@ -409,8 +407,7 @@ class ResponseParser(_ParserBase):
         self.sink.on_response_body(body)
 
     def on_message_complete(self) -> None:
-        self._head_size = 0  # the next head starts here (_next_head, inlined: hot path)
-        self._in_head = True
+        self._next_head()
         self._begun = False
         if self._status >= 200:
             if self.bodyless:

@@ -266,11 +266,7 @@ class ProxyExchange:
             peer.succeeded()
         ctx = self.ctx
         ctx.upstream_status = status
-        connection = head.connection
-        if connection is None or connection == b"keep-alive" or connection == b"close":
-            headers = [h for h in head.headers if h[0] not in HOP_BY_HOP]
-        else:
-            headers = strip_hop_by_hop(head.headers, HOP_BY_HOP, connection)
+        headers = strip_hop_by_hop(head.headers, HOP_BY_HOP, head.connection)
         chain = route.chain
         for on_response in chain.on_response:
             on_response(ctx, status, headers)
@@ -298,28 +294,9 @@ class ProxyExchange:
             return  # a retried response's end; that connection is already closed
         # Reused only if the upstream got exactly the body its request announced: anything
         # else would leave it reading our next request as the rest of this one.
-        # _end_try and _complete, inlined: this runs once per proxied response.
-        self._finished = True
-        conn = self._conn
-        self._conn = None
-        pool = self._route.group.pool
-        if conn is not None:
-            if (
-                keep_alive
-                and self._sent_all
-                and (self._declared == -1 or self._declared == self._body_size)
-            ):
-                pool.release(conn)
-            else:
-                pool.discard(conn)
-        if self._counted:
-            self._counted = False
-            self._peer.active -= 1  # type: ignore[union-attr]  # counted means a peer
-        if self._send_timer is not None:
-            self._cancel_timer()
-        if self._body_filters:
-            self._downstream.write(FilterChain.finish_body(self._body_filters, self.ctx))
-        self._downstream.finish()
+        whole = self._declared == -1 or self._declared == self._body_size
+        self._end_try(reuse=keep_alive and self._sent_all and whole)
+        self._complete()
 
     def flush(self) -> None:
         self._downstream.flush()

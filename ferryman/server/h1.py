@@ -477,18 +477,7 @@ class H1Connection(asyncio.Protocol):
             out.append(LAST_CHUNK)
         if out and self.transport is not None:
             self._send(out)
-        # The common end of a response (_response_done's first half and _log), inlined.
-        ctx = self.ctx
-        self.exchange = None
-        if ctx is not None:
-            route = ctx.route
-            if route is not None:
-                if route.access_log and route.chain.on_log:
-                    route.chain.run_log(ctx)
-            else:
-                self._log(ctx)
-            self.ctx = None
-        self._response_done(ctx)
+        self._response_done()
 
     def abort(self, reason: str) -> None:
         self.flush()
@@ -563,11 +552,16 @@ class H1Connection(asyncio.Protocol):
     def _log(self, ctx: RequestContext) -> None:
         pipeline.log_request(ctx, self.vhost or self.listener.hosts.default)
 
-    def _response_done(self, ctx: RequestContext | None) -> None:
-        """After a response and its log line: on to the next request, or close."""
+    def _response_done(self) -> None:
+        """The response is out: log it, then on to the next request, or close."""
         if self._buffer_set and self.transport is not None:
             self._buffer_set = False
             self.transport.set_write_buffer_limits()  # back to the default for the next one
+        ctx = self.ctx
+        self.exchange = None
+        if ctx is not None:
+            self._log(ctx)
+        self.ctx = None
         if not self.keep_alive or self._state == CLOSED:
             self._close()
             return

@@ -88,9 +88,7 @@ class UpstreamConnection(asyncio.Protocol):
             parser = self.parser = ResponseParser(owner)
         else:
             parser.sink = owner
-        # ResponseParser.expect, inlined: once per request.
-        parser.bodyless = method == "HEAD"
-        parser.done = parser.stray = False
+        parser.expect(method)
 
     def expect_data(self, timeout: float) -> None:
         """Time out if no bytes arrive for ``timeout`` seconds (0 stops the clock)."""
