@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from ferryman.http.headers import HeaderList
 
 if TYPE_CHECKING:
     from ferryman.routing.table import CompiledRoute
-
-
-_clock: Final = time.time  # a C static in the compiled build, not a module lookup
 
 
 class RequestContext:
@@ -77,7 +74,7 @@ class RequestContext:
         self.status = 0
         self.bytes_sent = 0
         self.bytes_received = 0
-        self.start = _clock()
+        self.start = time.time()
         self.error = ""
         self.user = ""
         self.tls: dict[str, str] | None = None

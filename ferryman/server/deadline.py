@@ -13,18 +13,17 @@ from collections.abc import Callable
 
 
 class Deadline:
-    __slots__ = ("_expired", "_loop", "_now", "_timer", "_when", "at")
+    __slots__ = ("_expired", "_loop", "_timer", "_when", "at")
 
     def __init__(self, expired: Callable[[], None]) -> None:
         self._loop = asyncio.get_running_loop()
-        self._now = self._loop.time  # bound once: the hot path calls it without a lookup
         self._expired = expired
         self._timer: asyncio.TimerHandle | None = None
         self._when = 0.0  # when the pending timer fires
         self.at = 0.0  # loop time of the deadline; 0 means none, and storing 0 stops it
 
     def arm(self, seconds: float) -> None:
-        at = self.at = self._now() + seconds
+        at = self.at = self._loop.time() + seconds
         timer = self._timer
         if timer is None or self._when > at:
             if timer is not None:
@@ -35,7 +34,7 @@ class Deadline:
     def extend(self, seconds: float) -> None:
         """Push a running deadline ``seconds`` from now; a stopped one stays stopped."""
         if self.at:
-            self.at = self._now() + seconds
+            self.at = self._loop.time() + seconds
 
     def close(self) -> None:
         self.at = 0.0
@@ -48,7 +47,7 @@ class Deadline:
         at = self.at
         if not at:
             return
-        now = self._now()
+        now = self._loop.time()
         if now < at:
             self._when = at
             self._timer = self._loop.call_at(at, self._fire)

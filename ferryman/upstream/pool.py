@@ -11,15 +11,12 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from typing import Final
 
 from mypy_extensions import mypyc_attr
 
 from ferryman.upstream.connection import UpstreamConnection
 from ferryman.upstream.peer import Peer
 from ferryman.upstream.tls import dial
-
-_monotonic: Final = time.monotonic
 
 
 # Subclassed by plain-Python code (plugins, the forward proxy) when this module is compiled.
@@ -82,7 +79,7 @@ class Pool:
         if conn.closed or conn.requests >= self.max_requests or self.idle_count >= self.max_idle:
             conn.close()
             return
-        conn.idle_since = _monotonic()
+        conn.idle_since = time.monotonic()
         idle = self._idle.get(conn.peer)
         if idle is None:
             idle = self._idle[conn.peer] = []
