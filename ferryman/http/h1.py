@@ -332,12 +332,7 @@ class ResponseParser(_ParserBase):
             self.body_left = left - size
             return
         self.body_left = 0
-        # The end of the response, as on_message_complete has it; llhttp still waits for
-        # the body it never saw, so a fresh parser takes the next head.
-        self._parser = httptools.HttpResponseParser(self)
-        self._next_head()
-        self._begun = False
-        self.done = True
+        self._ended_outside_llhttp()  # llhttp still waits for the body it never saw
         keep = self._keep
         if size > left and data[start + left :].strip(b"\r\n"):
             # Bytes after the response (a stray CRLF aside, which llhttp would skip): the
@@ -350,6 +345,17 @@ class ResponseParser(_ParserBase):
         """Tell the parser what the next response answers: HEAD responses carry no body."""
         self.bodyless = method == "HEAD"
         self.done = self.stray = False
+
+    def _next_head(self) -> None:
+        _ParserBase._next_head(self)
+        self._begun = False
+
+    def _ended_outside_llhttp(self) -> None:
+        """The final response ended where llhttp cannot see it (a HEAD answer, a body passed
+        through): a fresh parser takes the next head."""
+        self._parser = httptools.HttpResponseParser(self)
+        self._next_head()
+        self.done = True
 
     def on_message_begin(self) -> None:
         self._begun = True
@@ -394,10 +400,7 @@ class ResponseParser(_ParserBase):
             # llhttp cannot be told a response answers HEAD: end it here and start a fresh
             # parser for the next response on this connection.
             keep_alive = p.should_keep_alive()
-            self._parser = httptools.HttpResponseParser(self)
-            self._next_head()
-            self._begun = False
-            self.done = True
+            self._ended_outside_llhttp()
             self.sink.on_response_end(keep_alive)
 
     def on_body(self, body: bytes) -> None:
@@ -408,7 +411,6 @@ class ResponseParser(_ParserBase):
 
     def on_message_complete(self) -> None:
         self._next_head()
-        self._begun = False
         if self._status >= 200:
             if self.bodyless:
                 return

@@ -45,9 +45,8 @@ BUSY: Final = 2
 TUNNEL: Final = 3
 CLOSED: Final = 4
 _BODYLESS: Final = frozenset({204, 304})
-_DISCARD_LIMIT: Final = (
-    1 << 20
-)  # body bytes we read and drop to keep a connection after an early answer
+# Body bytes we read and drop to keep a connection after an early answer.
+_DISCARD_LIMIT: Final = 1 << 20
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _GATHER_MIN: Final = 16384  # a body piece this large is written beside the head, not joined to it
 
