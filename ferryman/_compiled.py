@@ -41,23 +41,16 @@ MODULES = (
     "ferryman.upstream.pool",
 )
 
-# The shared library mypyc builds for the group (``setup.py`` names it).
+# The shared library mypyc builds for the group (``setup.py`` names it): the code of every
+# listed module; their own extensions are shims that load it.
 GROUP = "ferryman._hot"
+_LIBRARY = GROUP + "__mypyc"
 
 _ROOT = Path(__file__).resolve().parent.parent
 
 
 def source(module: str) -> Path:
     return _ROOT.joinpath(*module.split(".")).with_suffix(".py")
-
-
-def _extension(module: str) -> Path | None:
-    src = source(module)
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        built = src.with_suffix(suffix)
-        if built.exists():
-            return built
-    return None
 
 
 def _extensions() -> list[str]:
@@ -75,7 +68,7 @@ def _stamp() -> Path:
 
 def stamp_text() -> str:
     """What a build of the sources as they are now records: each module and a hash of its
-    source. scripts/build takes it before compiling, so an edit made meanwhile shows."""
+    source. setup.py takes it before compiling, so an edit made meanwhile shows."""
     lines = [f"{m} {hashlib.sha1(source(m).read_bytes()).hexdigest()}" for m in MODULES]
     return "\n".join(lines) + "\n"
 
@@ -88,10 +81,9 @@ def stale() -> list[str]:
     present = _extensions()
     if not present:
         return []
-    group = GROUP + "__mypyc"
-    orphans = [m for m in present if m not in MODULES and m != group]
+    orphans = [m for m in present if m not in MODULES and m != _LIBRARY]
     stamp = _stamp().read_text(encoding="utf-8") if _stamp().exists() else ""
-    complete = all(m in present for m in (*MODULES, group))
+    complete = all(m in present for m in (*MODULES, _LIBRARY))
     if not orphans and complete and stamp == stamp_text():
         return []
     return [*MODULES, *orphans]
@@ -127,7 +119,7 @@ def guard() -> None:
 
 def built() -> bool:
     """Whether a compiled build is present (current or not: see :func:`stale`)."""
-    return _extension(GROUP + "__mypyc") is not None
+    return _LIBRARY in _extensions()
 
 
 def compiled() -> bool:
