@@ -261,18 +261,20 @@ class ResponseParser(_ParserBase):
 
     Bodies of known length that come in large reads skip llhttp: :meth:`feed` parses the
     head alone and hands the body on as views of the bytes read (no copy), counting it down
-    to the end of the response; a fresh llhttp parser then takes the next head.
+    to the end of the response; a fresh llhttp parser then takes the next head. Body bytes
+    the caller moves on without reading them (spliced) are counted with :meth:`passed`.
     """
 
     __slots__ = (
         "_alone",
-        "_begun",
         "_headers",
         "_keep",
         "_status",
+        "begun",
         "body_left",
         "bodyless",
         "done",
+        "pass_min",
         "sink",
         "stray",
     )
@@ -295,13 +297,16 @@ class ResponseParser(_ParserBase):
         self._alone = False  # the head being parsed was fed alone: its body may pass through
         self._keep = False  # should_keep_alive of the response passing through
         self._status = 0  # of the response being parsed
-        self._begun = False  # llhttp is inside a message: a read cannot start a head
+        self.begun = False  # llhttp is inside a message: a read cannot start a head
+        # A read this long that starts with a whole head passes its body through. A reader
+        # that reads a head at a time to splice the body sets it to its read size.
+        self.pass_min = PASS_THROUGH_MIN
 
     def feed(self, data: bytes) -> int | None:
         if self.body_left:
             self._pass(data, 0)
             return None
-        if len(data) >= PASS_THROUGH_MIN and not self._begun:
+        if len(data) >= self.pass_min and not self.begun:
             cut = data.find(b"\r\n\r\n") + 4
             if cut > 4:
                 self._alone = True
@@ -331,14 +336,27 @@ class ResponseParser(_ParserBase):
         if size < left:
             self.body_left = left - size
             return
-        self.body_left = 0
-        self._ended_outside_llhttp()  # llhttp still waits for the body it never saw
         keep = self._keep
         if size > left and data[start + left :].strip(b"\r\n"):
             # Bytes after the response (a stray CRLF aside, which llhttp would skip): the
             # upstream is out of step, and this connection must not serve another request.
             self.stray = True
             keep = False
+        self._end_passed(keep)
+
+    def passed(self, size: int, more: bool = False) -> None:
+        """``size`` bytes of the body passing through went on without being read; ``more``
+        when bytes were seen after the body's end (the upstream is out of step)."""
+        left = self.body_left - size
+        if left > 0:
+            self.body_left = left
+            return
+        self.stray = self.stray or more
+        self._end_passed(self._keep and not more)
+
+    def _end_passed(self, keep: bool) -> None:
+        self.body_left = 0
+        self._ended_outside_llhttp()  # llhttp still waits for the body it never saw
         self.sink.on_response_end(keep)
 
     def expect(self, method: str) -> None:
@@ -348,7 +366,7 @@ class ResponseParser(_ParserBase):
 
     def _next_head(self) -> None:
         _ParserBase._next_head(self)
-        self._begun = False
+        self.begun = False
 
     def _ended_outside_llhttp(self) -> None:
         """The final response ended where llhttp cannot see it (a HEAD answer, a body passed
@@ -358,7 +376,7 @@ class ResponseParser(_ParserBase):
         self.done = True
 
     def on_message_begin(self) -> None:
-        self._begun = True
+        self.begun = True
         if self.done:
             self.stray = True
 

@@ -34,6 +34,17 @@ class Downstream(Protocol):
         cannot (TLS, HTTP/2 framing): the handler then reads and writes the bytes itself."""
         ...
 
+    def can_splice(self) -> bool:
+        """Whether :meth:`splice_from` can take body bytes here (a plain TCP client)."""
+        ...
+
+    def splice_from(self, fd: int, count: int) -> int:
+        """Send up to ``count`` body bytes waiting on socket ``fd`` straight from the kernel
+        (splice(2)), after what was written so far; returns how many went. 0 where this
+        side cannot (TLS, HTTP/2 framing, a chunked body, bytes already waiting to go out):
+        the handler then reads and writes them itself."""
+        ...
+
     def finish(self) -> None:
         """The response is complete."""
 

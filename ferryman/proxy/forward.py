@@ -191,7 +191,10 @@ class ProxyExchange:
         self._conn = conn
         self._sent_try = True
         ctx = self.ctx
-        conn.attach(self, ctx.method)
+        # A response body may skip Python when no filter needs to see it (only the kind of
+        # client is known yet: filters chosen by the response are checked in splice_body).
+        splice = not self._route.chain.on_response_body and self._downstream.can_splice()
+        conn.attach(self, ctx.method, splice)
         head = self._head
         if not head:
             assert self._peer is not None and self._headers is not None
@@ -288,6 +291,11 @@ class ProxyExchange:
         if self._body_filters:  # filters are given bytes
             data = FilterChain.run_body(self._body_filters, self.ctx, bytes(data), False)
         self._downstream.write(data)
+
+    def splice_body(self, fd: int, count: int) -> int:
+        if not self._started or self._body_filters:
+            return 0
+        return self._downstream.splice_from(fd, count)
 
     def on_response_end(self, keep_alive: bool) -> None:
         if not self._started:

@@ -31,7 +31,7 @@ from ferryman.http.h1 import (
 from ferryman.http.headers import HeaderList
 from ferryman.proxy.api import Exchange, Tunnel
 from ferryman.routing.table import CompiledRoute, VirtualHost
-from ferryman.server import pipeline
+from ferryman.server import pipeline, splicing
 from ferryman.server.deadline import Deadline
 from ferryman.server.listener import Listener
 from ferryman.server.sendfile import can_sendfile, sendfile
@@ -70,6 +70,7 @@ class H1Connection(asyncio.Protocol):
         "_pending",
         "_queue",
         "_request_done",
+        "_sock",
         "_started",
         "_state",
         "_tunnel_buf",
@@ -123,6 +124,7 @@ class H1Connection(asyncio.Protocol):
         self._buffer_set = False
         self._body_expected = False
         self._deferred: CompiledRoute | None = None
+        self._sock = -1  # the socket, when bodies can be spliced into it (plain TCP on Linux)
 
     # asyncio.Protocol
 
@@ -138,6 +140,7 @@ class H1Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_addr, self.client_port = peer[0], peer[1]
+        self._sock = splicing.socket_fd(transport)
         self._deadline.arm(listener.header_timeout)
 
     def data_received(self, data: bytes) -> None:
@@ -469,6 +472,30 @@ class H1Connection(asyncio.Protocol):
         if self._chunked:
             self._out.append(b"\r\n")
         return True
+
+    def can_splice(self) -> bool:
+        return self._sock >= 0
+
+    def splice_from(self, fd: int, count: int) -> int:
+        ctx, transport = self.ctx, self.transport
+        if (
+            ctx is None
+            or transport is None
+            or self._chunked
+            or ctx.method == "HEAD"
+            # Closed, the socket's number may already be another's; and bytes the transport
+            # still holds must leave before these.
+            or transport.is_closing()
+            or transport.get_write_buffer_size()
+        ):
+            return 0
+        taken, rest = splicing.relay(fd, self._sock, self._out, count)
+        if not self._out:
+            self._gather = False
+        ctx.bytes_sent += taken
+        if rest:
+            transport.write(rest)
+        return taken
 
     def finish(self) -> None:
         out = self._out

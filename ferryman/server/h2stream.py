@@ -200,6 +200,12 @@ class H2Stream:
     async def send_file(self, fd: int, offset: int, count: int) -> bool:
         return False  # DATA frames need the bytes in hand: the handler writes them
 
+    def can_splice(self) -> bool:
+        return False  # nor can they be spliced
+
+    def splice_from(self, fd: int, count: int) -> int:
+        return 0
+
     def finish(self) -> None:
         self._ending = True
         self.exchange = None

@@ -226,6 +226,24 @@ def test_a_passed_body_spans_reads_and_bytes_after_it_are_stray() -> None:
     assert sink.events[-1] == ("end", False)
 
 
+def test_a_head_read_alone_leaves_the_rest_of_the_body_to_be_passed_on_unread() -> None:
+    # A reader that splices reads a head at a time: the parser counts what went by unread.
+    sink = Responses()
+    parser = ResponseParser(sink)
+    parser.pass_min = 2048
+    read = (b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"a" * 3000)[:2048]
+    for more in (False, True):
+        parser.expect("GET")
+        parser.feed(read)
+        assert parser.body_left == 100_000 - (2048 - read.index(b"a"))
+        parser.passed(50_000)
+        assert not parser.done and parser.body_left > 0
+        parser.passed(parser.body_left, more)  # ``more``: bytes were seen after the body
+        assert parser.done and parser.body_left == 0 and parser.stray is more
+        assert sink.events[-1] == ("end", not more)
+    assert len([e for e in sink.events if e[0] == "head"]) == 2
+
+
 def test_large_reads_that_cannot_pass_through_parse_as_usual() -> None:
     sink = Responses()
     parser = ResponseParser(sink)
