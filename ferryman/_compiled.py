@@ -34,6 +34,7 @@ MODULES = (
     "ferryman.server.h1",
     "ferryman.server.listener",
     "ferryman.server.pipeline",
+    "ferryman.server.splicing",
     "ferryman.upstream.balancer",
     "ferryman.upstream.connection",
     "ferryman.upstream.group",

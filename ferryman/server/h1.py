@@ -68,6 +68,7 @@ class H1Connection(asyncio.Protocol):
         "_pause_queue",
         "_pause_upgrade",
         "_pending",
+        "_pipe",
         "_queue",
         "_request_done",
         "_sock",
@@ -125,6 +126,7 @@ class H1Connection(asyncio.Protocol):
         self._body_expected = False
         self._deferred: CompiledRoute | None = None
         self._sock = -1  # the socket, when bodies can be spliced into it (plain TCP on Linux)
+        self._pipe: splicing.Pipe | None = None  # a spliced body, sent at the loop turn's end
 
     # asyncio.Protocol
 
@@ -191,6 +193,8 @@ class H1Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._state = CLOSED
+        if self._pipe is not None:
+            self._unpipe()  # drops what it holds
         self.listener.connections.discard(self)
         self._deadline.close()
         if self.tunnel is not None:
@@ -347,6 +351,8 @@ class H1Connection(asyncio.Protocol):
             self._pending = []
             return
         if self._expect and not self._request_done and self.transport is not None:
+            if self._pipe is not None:
+                self._unpipe()
             self.transport.write(_CONTINUE)
         self.exchange = route.handler.start(ctx, self)
 
@@ -393,6 +399,8 @@ class H1Connection(asyncio.Protocol):
     def send_interim(self, status: int, headers: HeaderList) -> None:
         ctx = self.ctx
         if ctx is not None and ctx.version == "1.1" and self.transport is not None:
+            if self._pipe is not None:
+                self._unpipe()
             self.transport.write(response_head(status, headers))
 
     def start_response(self, status: int, headers: HeaderList, length: int | None) -> None:
@@ -437,6 +445,8 @@ class H1Connection(asyncio.Protocol):
     def _send(self, out: list[bytes | memoryview]) -> None:
         """One write for what is queued: a join of small pieces, writev of large ones."""
         assert self.transport is not None
+        if self._pipe is not None:
+            self._unpipe()
         if len(out) == 1:
             self.transport.write(out[0])
         elif self._gather:
@@ -468,6 +478,8 @@ class H1Connection(asyncio.Protocol):
         if self._chunked:
             self._out.append(b"%x\r\n" % count)
         self.flush()
+        if self._pipe is not None:
+            self._unpipe()
         await sendfile(transport, fd, offset, count)
         if self._chunked:
             self._out.append(b"\r\n")
@@ -483,19 +495,39 @@ class H1Connection(asyncio.Protocol):
             or transport is None
             or self._chunked
             or ctx.method == "HEAD"
-            # Closed, the socket's number may already be another's; and bytes the transport
-            # still holds must leave before these.
-            or transport.is_closing()
-            or transport.get_write_buffer_size()
+            or self._state == CLOSED
+            or transport.is_closing()  # closed, its number may be another socket's already
         ):
             return 0
-        taken, rest = splicing.relay(fd, self._sock, self._out, count)
+        if self._pipe is not None:
+            self._unpipe()  # a second fill in one turn: the first goes out before it
+        if transport.get_write_buffer_size():
+            return 0  # bytes the transport holds must leave first
+        pipe = splicing.take_pipe()
+        if pipe is None:
+            return 0
+        taken = splicing.fill(pipe, self._out, fd, count)
         if not self._out:
             self._gather = False
+        self._pipe = pipe
+        splicing.later(self._unpipe)
         ctx.bytes_sent += taken
+        return taken
+
+    def _unpipe(self) -> None:
+        """Send what this connection's pipe holds: before anything written after it, or at
+        the end of the loop's turn."""
+        pipe = self._pipe
+        if pipe is None:
+            return
+        self._pipe = None
+        transport = self.transport
+        if transport is None or self._state == CLOSED or transport.is_closing():
+            splicing.discard(pipe)  # the client is gone
+            return
+        rest = splicing.drain(pipe, self._sock)
         if rest:
             transport.write(rest)
-        return taken
 
     def finish(self) -> None:
         out = self._out
@@ -544,6 +576,8 @@ class H1Connection(asyncio.Protocol):
         assert ctx is not None and self.transport is not None
         ctx.status = status
         self._started = True
+        if self._pipe is not None:
+            self._unpipe()
         self.transport.write(response_head(status, headers))
         self._state = TUNNEL
         self._deadline.at = 0.0
@@ -670,6 +704,8 @@ class H1Connection(asyncio.Protocol):
             self._close()
 
     def _close(self) -> None:
+        if self._pipe is not None:
+            self._unpipe()
         self._state = CLOSED
         if self.transport is not None:
             self.transport.close()

@@ -5,10 +5,11 @@ again. The upstream connection reads a response a head at a time; once the head 
 the body still waiting in the upstream socket goes to the client socket inside the kernel:
 socket to pipe to socket, its pages passed on by reference instead of copied out and back.
 
-The pipe belongs to the worker and is empty between calls: what the client socket cannot
-take at once is read back out of it and returned, for the caller to write the usual way
-(buffered, with backpressure). So no bytes ever wait in the pipe, and one pipe serves every
-connection. Linux only: elsewhere :data:`AVAILABLE` is False and bodies take the usual path.
+Each client connection with a body on its way holds a pipe from the worker's pool until the
+end of the event loop's turn, when every filled pipe is drained into its client socket (see
+:func:`later`). What a client socket cannot take then is read back out of the pipe and
+handed to the transport (buffered, with backpressure), so a pipe goes back to the pool empty.
+Linux only: elsewhere :data:`AVAILABLE` is False and bodies take the usual path.
 """
 
 from __future__ import annotations
@@ -16,19 +17,54 @@ from __future__ import annotations
 import array
 import asyncio
 import fcntl
+import logging
 import os
 import termios
+from collections.abc import Callable
 from typing import Final
 
 # FERRYMAN_NOSPLICE=1 turns it off, like HAProxy's ``nosplice``: a way around a kernel
 # that splices badly, and the other side of a comparison.
 AVAILABLE: Final = hasattr(os, "splice") and os.environ.get("FERRYMAN_NOSPLICE", "") in ("", "0")
 
-_PIPE_SIZE: Final = 1 << 20  # the most an unprivileged process may ask for by default
+# 64 pages: a 64 KiB body and its head in one pipe, and 256 pipes within Linux's default
+# per-user quota of pipe pages (a pipe over it would get a single page).
+_PIPE_SIZE: Final = 256 * 1024
 _MOVE: Final = (os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK) if AVAILABLE else 0
+_KEEP: Final = 64  # empty pipes kept for the next responses
 
-# (pid, read end, write end, capacity): a forked worker must not share its parent's pipe.
-_pipe: tuple[int, int, int, int] = (0, -1, -1, 0)
+log = logging.getLogger("ferryman")
+
+
+class Pipe:
+    __slots__ = ("queued", "r", "size", "w")
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            self.size = fcntl.fcntl(self.w, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        except OSError:  # over the user's quota of pipe pages: the default size works too
+            self.size = fcntl.fcntl(self.w, fcntl.F_GETPIPE_SZ)
+        self.queued = 0  # bytes in the pipe
+
+    def close(self) -> None:
+        os.close(self.r)
+        os.close(self.w)
+
+
+_free: list[Pipe] = []
+_later: list[Callable[[], None]] = []
+
+
+def _forget() -> None:
+    """In a forked child: bytes of two processes must never meet in one pipe."""
+    for pipe in _free:
+        pipe.close()
+    _free.clear()
+    _later.clear()
+
+
+os.register_at_fork(after_in_child=_forget)
 
 
 def socket_fd(transport: asyncio.BaseTransport) -> int:
@@ -49,58 +85,103 @@ def waiting(fd: int) -> int:
     return count[0]
 
 
-def _the_pipe() -> tuple[int, int, int]:
-    global _pipe
-    pid, r, w, size = _pipe
-    if pid != os.getpid():
-        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            size = fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-        except OSError:  # over the user's pipe quota: the default size still works
-            size = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
-        _pipe = (os.getpid(), r, w, size)
-    return r, w, size
+def take_pipe() -> Pipe | None:
+    """An empty pipe, or None when no more can be made (out of descriptors)."""
+    if _free:
+        return _free.pop()
+    try:
+        return Pipe()
+    except OSError as e:
+        log.warning("no pipe to splice a body through (%s): the body is copied", e)
+        return None
 
 
-def relay(src: int, dst: int, first: list[bytes | memoryview], count: int) -> tuple[int, bytes]:
-    """Send the bytes of ``first``, then up to ``count`` bytes waiting on socket ``src``, to
-    socket ``dst``, as one stream. Returns how many bytes were taken from ``src`` and the
-    bytes ``dst`` could not take at once, which the caller must write before anything else.
+def _give_back(pipe: Pipe) -> None:
+    if len(_free) < _KEEP:
+        _free.append(pipe)
+    else:
+        pipe.close()
 
-    ``first`` is emptied once sent; when it is too large for the pipe, nothing is done and
-    (0, b"") returned. A failure reading ``src`` just stops the relay: the connection's own
-    next read reports it. Nothing waits on either socket.
+
+def fill(pipe: Pipe, first: list[bytes | memoryview], src: int, count: int) -> int:
+    """Put the bytes of ``first``, then up to ``count`` bytes waiting on socket ``src``, in
+    ``pipe`` (emptied before). Returns how many were taken from ``src``.
+
+    ``first`` is emptied once in the pipe; when it is too large for the pipe, nothing is done
+    and 0 returned. A failure reading ``src`` just stops the filling: the connection's own
+    next read reports it. Nothing waits.
     """
-    r, w, size = _the_pipe()
     queued = sum(map(len, first))
-    if queued > size // 2:
-        return 0, b""
+    if queued > pipe.size // 2:
+        return 0
     if queued:
-        os.writev(w, first)  # an empty pipe takes this whole: it is at most half its size
+        os.writev(pipe.w, first)  # an empty pipe takes this whole: it is at most half its size
         first.clear()
     taken = 0
     try:
         while taken < count:
-            moved = os.splice(src, w, count - taken, flags=_MOVE)
+            moved = os.splice(src, pipe.w, count - taken, flags=_MOVE)
             if not moved:
                 break  # end of stream: the upstream's reader sees it next
             taken += moved
     except OSError:
         pass  # nothing more waiting (EAGAIN), the pipe is full, or src failed: stop here
-    queued += taken
+    pipe.queued = queued + taken
+    return taken
+
+
+def drain(pipe: Pipe, dst: int) -> bytes:
+    """Send what ``pipe`` holds to socket ``dst`` and give the pipe back. Returns the bytes
+    ``dst`` could not take at once, which the caller must write before anything else."""
+    queued = pipe.queued
     sent = 0
     try:
         while sent < queued:
-            sent += os.splice(r, dst, queued - sent, flags=_MOVE)
+            sent += os.splice(pipe.r, dst, queued - sent, flags=_MOVE)
     except OSError:
         # The client is not keeping up (EAGAIN) or is gone: the rest comes back out of the
         # pipe, for the transport to buffer, or to fail on and close, as for any write.
         pass
-    if sent == queued:
-        return taken, b""
-    rest = [os.read(r, queued - sent)]
-    left = queued - sent - len(rest[0])
+    rest = _read_out(pipe, queued - sent)
+    _give_back(pipe)
+    return rest
+
+
+def discard(pipe: Pipe) -> None:
+    """Drop what ``pipe`` holds (its client is gone) and give it back."""
+    _read_out(pipe, pipe.queued)
+    _give_back(pipe)
+
+
+def _read_out(pipe: Pipe, left: int) -> bytes:
+    pipe.queued = 0
+    if not left:
+        return b""
+    rest = [os.read(pipe.r, left)]
+    left -= len(rest[0])
     while left > 0:
-        rest.append(os.read(r, left))
+        rest.append(os.read(pipe.r, left))
         left -= len(rest[-1])
-    return taken, b"".join(rest)
+    return b"".join(rest)
+
+
+def later(callback: Callable[[], None]) -> None:
+    """Call ``callback`` once this turn of the event loop has handled its events.
+
+    Filled pipes are drained then, together: the client (a load generator, a browser) is
+    woken once for a batch of responses instead of once per response, a wake-up that costs
+    more than the rest of a spliced response when the client's CPU sits idle (measured).
+    """
+    if not _later:
+        asyncio.get_running_loop().call_soon(_run_later)
+    _later.append(callback)
+
+
+def _run_later() -> None:
+    batch = _later[:]
+    _later.clear()
+    for callback in batch:
+        try:
+            callback()
+        except Exception:  # one connection's failure must not strand the others' pipes
+            log.exception("draining a spliced body failed")

@@ -90,6 +90,8 @@ servers:
       - path: /gzip/
         compression: {{types: [application/octet-stream], algorithms: [gzip]}}
         proxy: {{upstream: app}}
+      - path: /here
+        respond: {{status: 200, body: "here"}}
       - path: /
         proxy: {{upstream: app}}
 """,
@@ -146,6 +148,41 @@ def test_pipelined_large_responses_keep_their_order(proxied: tuple[str, Proc, Ra
         assert b"content-length: %d" % n in head.lower()
         assert out[:n] == pattern(n, i), i
         out = out[n:]
+
+
+def test_answers_made_at_once_wait_for_the_spliced_body_before_them(
+    proxied: tuple[str, Proc, RawOrigin],
+) -> None:
+    # /here is answered by Ferryman in the same turn of the loop as the body before it ends,
+    # while that body still waits in its pipe.
+    base, _, _ = proxied
+    port = int(base.rsplit(":", 1)[1])
+    big = b"GET /b?size=150000&seed=5 HTTP/1.1\r\nHost: x\r\n\r\n"
+    here = b"GET /here HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(big + here + big + here.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        out = b""
+        while chunk := s.recv(1 << 20):
+            out += chunk
+    for expected in (pattern(150_000, 5), b"here", pattern(150_000, 5), b"here"):
+        head, out = out.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert out[: len(expected)] == expected
+        out = out[len(expected) :]
+    assert out == b""
+
+
+def test_a_spliced_body_is_sent_whole_before_the_connection_closes(
+    proxied: tuple[str, Proc, RawOrigin],
+) -> None:
+    base, _, _ = proxied
+    port = int(base.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /c?size=90000&seed=6 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        out = b""
+        while chunk := s.recv(1 << 20):
+            out += chunk
+    assert out.split(b"\r\n\r\n", 1)[1] == pattern(90_000, 6)
 
 
 def test_a_slow_client_gets_every_byte_in_order(proxied: tuple[str, Proc, RawOrigin]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -49,6 +51,13 @@ def drain(sock: socket.socket, n: int) -> bytes:
     return out
 
 
+def relay(src: int, dst: int, first: list[bytes | memoryview], count: int) -> tuple[int, bytes]:
+    pipe = splicing.take_pipe()
+    assert pipe is not None
+    taken = splicing.fill(pipe, first, src, count)
+    return taken, splicing.drain(pipe, dst)
+
+
 def test_first_bytes_then_the_counted_body_and_no_more(
     sockets: tuple[socket.socket, ...],
 ) -> None:
@@ -56,7 +65,7 @@ def test_first_bytes_then_the_counted_body_and_no_more(
     up.sendall(b"B" * 100_000 + b"NEXT")
     arrive(src, 100_004)
     first: list[bytes | memoryview] = [b"head\r\n\r\n", memoryview(b"xyz")]
-    taken, rest = splicing.relay(src.fileno(), dst.fileno(), first, 100_000)
+    taken, rest = relay(src.fileno(), dst.fileno(), first, 100_000)
     assert (taken, rest, first) == (100_000, b"", [])
     assert drain(client, 100_011) == b"head\r\n\r\nxyz" + b"B" * 100_000
     assert splicing.waiting(src.fileno()) == 4  # what follows the body stays for the reader
@@ -66,7 +75,7 @@ def test_takes_what_has_come_and_stops(sockets: tuple[socket.socket, ...]) -> No
     up, src, dst, client = sockets
     up.sendall(b"C" * 5000)
     arrive(src, 5000)
-    taken, rest = splicing.relay(src.fileno(), dst.fileno(), [], 80_000)
+    taken, rest = relay(src.fileno(), dst.fileno(), [], 80_000)
     assert (taken, rest) == (5000, b"")
     assert drain(client, 5000) == b"C" * 5000
 
@@ -81,9 +90,9 @@ def test_what_the_client_cannot_take_comes_back_in_order(
     returned = b""
     total = 0
     while total < len(body):
-        up.sendall(body[total : total + 262144])
+        up.sendall(body[total : total + 131072])
         arrive(src, 1)
-        taken, rest = splicing.relay(src.fileno(), dst.fileno(), [], len(body) - total)
+        taken, rest = relay(src.fileno(), dst.fileno(), [], len(body) - total)
         total += taken
         returned += rest
         if rest:
@@ -96,10 +105,41 @@ def test_what_the_client_cannot_take_comes_back_in_order(
 def test_first_bytes_too_large_for_the_pipe_are_left_alone(
     sockets: tuple[socket.socket, ...],
 ) -> None:
-    _, src, dst, _ = sockets
+    _, src, _, _ = sockets
+    pipe = splicing.take_pipe()
+    assert pipe is not None
     first: list[bytes | memoryview] = [b"x" * (4 << 20)]
-    assert splicing.relay(src.fileno(), dst.fileno(), first, 10) == (0, b"")
-    assert len(first) == 1
+    assert splicing.fill(pipe, first, src.fileno(), 10) == 0
+    assert len(first) == 1 and pipe.queued == 0
+    splicing.discard(pipe)
+
+
+def test_a_pipe_whose_client_left_comes_back_empty(sockets: tuple[socket.socket, ...]) -> None:
+    up, src, _, _ = sockets
+    up.sendall(b"D" * 30_000)
+    arrive(src, 30_000)
+    pipe = splicing.take_pipe()
+    assert pipe is not None
+    assert splicing.fill(pipe, [b"head"], src.fileno(), 30_000) == 30_000
+    splicing.discard(pipe)
+    assert splicing.take_pipe() is pipe and pipe.queued == 0
+    with pytest.raises(BlockingIOError):
+        os.read(pipe.r, 1)  # nothing left in it for the next body
+    splicing.discard(pipe)
+
+
+def test_later_runs_once_the_loop_turn_is_over() -> None:
+    ran: list[str] = []
+
+    async def turn() -> None:
+        splicing.later(lambda: ran.append("a"))
+        splicing.later(lambda: 1 / 0)  # logged; the others still run
+        splicing.later(lambda: ran.append("b"))
+        assert ran == []
+        await asyncio.sleep(0)
+        assert ran == ["a", "b"]
+
+    asyncio.run(turn())
 
 
 def test_only_plain_sockets_are_spliced() -> None:
