@@ -191,9 +191,13 @@ class ProxyExchange:
         self._conn = conn
         self._sent_try = True
         ctx = self.ctx
-        # A response body may skip Python when no filter needs to see it (only the kind of
-        # client is known yet: filters chosen by the response are checked in splice_body).
-        splice = not self._route.chain.on_response_body and self._downstream.can_splice()
+        # A response body may skip Python when no filter can want to see it: none on the
+        # route, or only filters that leave a body with a Content-Length alone (which of them
+        # takes this response is known with its head: splice_body checks).
+        chain = self._route.chain
+        splice = (not chain.on_response_body or chain.body_length_aware) and (
+            self._downstream.can_splice()
+        )
         conn.attach(self, ctx.method, splice)
         head = self._head
         if not head:

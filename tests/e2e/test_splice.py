@@ -125,10 +125,17 @@ def test_bodies_of_every_size_arrive_whole_and_large_ones_skip_python(
 
 
 def test_body_filters_still_see_the_whole_body(proxied: tuple[str, Proc, RawOrigin]) -> None:
-    base, _, _ = proxied
-    r = httpx.get(f"{base}/gzip/x?size=500000&seed=3", headers={"Accept-Encoding": "gzip"})
-    assert r.headers["content-encoding"] == "gzip"
-    assert r.content == pattern(500_000, 3)
+    base, f, _ = proxied
+    with httpx.Client(base_url=base, timeout=10) as c:
+        r = c.get("/gzip/x?size=500000&seed=3", headers={"Accept-Encoding": "gzip"})
+        assert r.headers["content-encoding"] == "gzip"
+        assert r.content == pattern(500_000, 3)
+        # The same route's filter leaves an uncompressed answer alone: that one is spliced.
+        before = read_chars(f.pid)
+        r = c.get("/gzip/y?size=2000000&seed=7", headers={"Accept-Encoding": "identity"})
+        assert "content-encoding" not in r.headers
+        assert r.content == pattern(2_000_000, 7)
+        assert read_chars(f.pid) - before < 100_000
 
 
 def test_pipelined_large_responses_keep_their_order(proxied: tuple[str, Proc, RawOrigin]) -> None:
