@@ -56,6 +56,7 @@ class H1Connection(asyncio.Protocol):
         "_body_expected",
         "_buffer_set",
         "_chunked",
+        "_client_eof",
         "_deadline",
         "_deferred",
         "_discard",
@@ -127,6 +128,7 @@ class H1Connection(asyncio.Protocol):
         self._deferred: CompiledRoute | None = None
         self._sock = -1  # the socket, when bodies can be spliced into it (plain TCP on Linux)
         self._pipe: splicing.Pipe | None = None  # a spliced body, sent at the loop turn's end
+        self._client_eof = False
 
     # asyncio.Protocol
 
@@ -188,8 +190,14 @@ class H1Connection(asyncio.Protocol):
                     self._internal_error(e)
 
     def eof_received(self) -> bool | None:
-        # A client half-closing after its request still gets the answer.
-        return self.ctx is not None and self.tunnel is None
+        if self._pipe is not None:
+            self._unpipe()  # a finished answer still in its pipe goes before the close
+        # A client half-closing after its request still gets the answer (and those of the
+        # requests it pipelined before), then the close: it can send no other request.
+        if self.ctx is not None and self.tunnel is None:
+            self._client_eof = True
+            return True
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._state = CLOSED
@@ -506,7 +514,12 @@ class H1Connection(asyncio.Protocol):
         pipe = splicing.take_pipe()
         if pipe is None:
             return 0
-        taken = splicing.fill(pipe, self._out, fd, count)
+        try:
+            taken = splicing.fill(pipe, self._out, fd, count)
+        except OSError as e:  # ``first`` stays queued: it goes out the usual way
+            log.warning("splicing a body failed: %s", e)
+            pipe.close()
+            return 0
         if not self._out:
             self._gather = False
         self._pipe = pipe
@@ -525,7 +538,14 @@ class H1Connection(asyncio.Protocol):
         if transport is None or self._state == CLOSED or transport.is_closing():
             splicing.discard(pipe)  # the client is gone
             return
-        rest = splicing.drain(pipe, self._sock)
+        try:
+            rest = splicing.drain(pipe, self._sock)
+        except OSError as e:
+            # What the pipe held is lost: the client must not take the next answer for it.
+            log.warning("sending a spliced body failed: %s", e)
+            pipe.close()
+            transport.abort()
+            return
         if rest:
             transport.write(rest)
 
@@ -664,7 +684,7 @@ class H1Connection(asyncio.Protocol):
             return
         self._state = IDLE
         self._deadline.arm(self.listener.keepalive_timeout)
-        if self.listener.draining:
+        if self.listener.draining or self._client_eof:
             self._close()
 
     def _reject(self, status: int, reason: str) -> None:

@@ -27,11 +27,12 @@ from typing import Final
 # that splices badly, and the other side of a comparison.
 AVAILABLE: Final = hasattr(os, "splice") and os.environ.get("FERRYMAN_NOSPLICE", "") in ("", "0")
 
-# 64 pages: a 64 KiB body and its head in one pipe, and 256 pipes within Linux's default
-# per-user quota of pipe pages (a pipe over it would get a single page).
-_PIPE_SIZE: Final = 256 * 1024
+# 32 pages: a 64 KiB body and its head fit one pipe. Linux counts pipe pages per user (16384
+# by default, shared by every process of the user, and a pipe made over it gets two pages),
+# so the pool is kept small: 32 pipes, 1024 pages a worker.
+_PIPE_SIZE: Final = 128 * 1024
 _MOVE: Final = (os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK) if AVAILABLE else 0
-_KEEP: Final = 64  # empty pipes kept for the next responses
+_KEEP: Final = 32  # empty pipes kept for the next responses
 
 log = logging.getLogger("ferryman")
 
@@ -54,6 +55,8 @@ class Pipe:
 
 _free: list[Pipe] = []
 _later: list[Callable[[], None]] = []
+# The loop whose next turn runs ``_later``; a loop stopped before that must not strand it.
+_batch_loop: list[asyncio.AbstractEventLoop | None] = [None]
 
 
 def _forget() -> None:
@@ -62,6 +65,7 @@ def _forget() -> None:
         pipe.close()
     _free.clear()
     _later.clear()
+    _batch_loop[0] = None
 
 
 os.register_at_fork(after_in_child=_forget)
@@ -172,12 +176,15 @@ def later(callback: Callable[[], None]) -> None:
     woken once for a batch of responses instead of once per response, a wake-up that costs
     more than the rest of a spliced response when the client's CPU sits idle (measured).
     """
-    if not _later:
-        asyncio.get_running_loop().call_soon(_run_later)
+    loop = asyncio.get_running_loop()
+    if _batch_loop[0] is not loop:
+        _batch_loop[0] = loop
+        loop.call_soon(_run_later)
     _later.append(callback)
 
 
 def _run_later() -> None:
+    _batch_loop[0] = None
     batch = _later[:]
     _later.clear()
     for callback in batch:

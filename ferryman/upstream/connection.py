@@ -215,11 +215,19 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             # Refused (a body filter, a client with bytes still to take), or nothing more has
             # come yet: the rest of this response is read as usual, in full-sized reads.
             self.splicing = False
+            parser.pass_min = PASS_THROUGH_MIN
             return
         # Bytes after the response mean the upstream is out of step. After a full read the
-        # loop reads again at once and finds them; after a short one, ask the socket.
+        # loop reads again at once and finds them (unless reading was paused meanwhile);
+        # otherwise, ask the socket.
         ended = taken >= parser.body_left
-        parser.passed(taken, ended and drained and splicing.waiting(self._fd) > 0)
+        if ended and (drained or not self._reading()):
+            parser.passed(taken, splicing.waiting(self._fd) > 0)
+        else:
+            parser.passed(taken)
+
+    def _reading(self) -> bool:
+        return self.transport is not None and self.transport.is_reading()
 
     def eof_received(self) -> bool | None:
         return False

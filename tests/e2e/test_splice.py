@@ -192,6 +192,30 @@ def test_a_spliced_body_is_sent_whole_before_the_connection_closes(
     assert out.split(b"\r\n\r\n", 1)[1] == pattern(90_000, 6)
 
 
+def test_a_client_that_half_closes_after_its_request_gets_the_whole_body(
+    proxied: tuple[str, Proc, RawOrigin],
+) -> None:
+    base, _, _ = proxied
+    port = int(base.rsplit(":", 1)[1])
+    for delay in (0.0, 0.001, 0.003):  # the FIN lands before, with or after the answer
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET /h?size=120000&seed=8 HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(delay)
+            s.shutdown(socket.SHUT_WR)
+            out = b""
+            while chunk := s.recv(1 << 20):
+                out += chunk
+        assert out.split(b"\r\n\r\n", 1)[1] == pattern(120_000, 8), delay
+    # Requests pipelined before the half-close are all answered, then the connection closes.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"".join(b"GET /q?size=%d HTTP/1.1\r\nHost: x\r\n\r\n" % n for n in (80_000, 9)))
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := s.recv(1 << 20):
+            out += chunk
+    assert out.count(b"HTTP/1.1 200 OK") == 2 and out.endswith(pattern(9))
+
+
 def test_a_slow_client_gets_every_byte_in_order(proxied: tuple[str, Proc, RawOrigin]) -> None:
     base, _, _ = proxied
     port = int(base.rsplit(":", 1)[1])
