@@ -13,28 +13,28 @@ from collections.abc import Callable
 
 
 class Deadline:
-    __slots__ = ("_expired", "_loop", "_timer", "_when", "at")
+    __slots__ = ("_expired", "_timer", "_when", "at", "loop")
 
     def __init__(self, expired: Callable[[], None]) -> None:
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         self._expired = expired
         self._timer: asyncio.TimerHandle | None = None
         self._when = 0.0  # when the pending timer fires
         self.at = 0.0  # loop time of the deadline; 0 means none, and storing 0 stops it
 
     def arm(self, seconds: float) -> None:
-        at = self.at = self._loop.time() + seconds
+        at = self.at = self.loop.time() + seconds
         timer = self._timer
         if timer is None or self._when > at:
             if timer is not None:
                 timer.cancel()
             self._when = at
-            self._timer = self._loop.call_at(at, self._fire)
+            self._timer = self.loop.call_at(at, self._fire)
 
     def extend(self, seconds: float) -> None:
         """Push a running deadline ``seconds`` from now; a stopped one stays stopped."""
         if self.at:
-            self.at = self._loop.time() + seconds
+            self.at = self.loop.time() + seconds
 
     def close(self) -> None:
         self.at = 0.0
@@ -47,10 +47,10 @@ class Deadline:
         at = self.at
         if not at:
             return
-        now = self._loop.time()
+        now = self.loop.time()
         if now < at:
             self._when = at
-            self._timer = self._loop.call_at(at, self._fire)
+            self._timer = self.loop.call_at(at, self._fire)
             return
         self.at = 0.0
         self._expired()

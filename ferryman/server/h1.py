@@ -523,7 +523,7 @@ class H1Connection(asyncio.Protocol):
         if not self._out:
             self._gather = False
         self._pipe = pipe
-        splicing.later(self._unpipe)
+        splicing.later(self._deadline.loop, self._unpipe)
         ctx.bytes_sent += taken
         return taken
 

@@ -43,6 +43,7 @@ class Pipe:
 
     def __init__(self) -> None:
         self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        _live[0] += 1
         try:
             self.size = fcntl.fcntl(self.w, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
         except OSError:  # over the user's quota of pipe pages: the default size works too
@@ -50,11 +51,13 @@ class Pipe:
         self.queued = 0  # bytes in the pipe
 
     def close(self) -> None:
+        _live[0] -= 1
         os.close(self.r)
         os.close(self.w)
 
 
 _free: list[Pipe] = []
+_live = [0]  # pipes open in this process
 _later: list[Callable[[], None]] = []
 # The loop whose next turn runs ``_later``; a loop stopped before that must not strand it.
 _batch_loop: list[asyncio.AbstractEventLoop | None] = [None]
@@ -65,6 +68,7 @@ def _forget() -> None:
     for pipe in _free:
         pipe.close()
     _free.clear()
+    _live[0] = 0
     _later.clear()
     _batch_loop[0] = None
 
@@ -92,6 +96,11 @@ def waiting(fd: int) -> int:
 
 def take_pipe() -> Pipe | None:
     """An empty pipe, or None when no more can be made (out of descriptors)."""
+    if not _free and _live[0] >= _KEEP:
+        # Every pipe waits for the end of this turn: send the oldest on now instead of
+        # making pipes to close again at the end of the turn.
+        while not _free and _later:
+            _call(_later.pop(0))
     if _free:
         return _free.pop()
     try:
@@ -170,14 +179,14 @@ def _read_out(pipe: Pipe, left: int) -> bytes:
     return b"".join(rest)
 
 
-def later(callback: Callable[[], None]) -> None:
-    """Call ``callback`` once this turn of the event loop has handled its events.
+def later(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    """Call ``callback`` once this turn of ``loop`` (the running one, passed in: asking for
+    it costs a getpid(2) each time) has handled its events.
 
     Filled pipes are drained then, together: the client (a load generator, a browser) is
     woken once for a batch of responses instead of once per response, a wake-up that costs
     more than the rest of a spliced response when the client's CPU sits idle (measured).
     """
-    loop = asyncio.get_running_loop()
     if _batch_loop[0] is not loop:
         _batch_loop[0] = loop
         loop.call_soon(_run_later)
@@ -189,7 +198,11 @@ def _run_later() -> None:
     batch = _later[:]
     _later.clear()
     for callback in batch:
-        try:
-            callback()
-        except Exception:  # one connection's failure must not strand the others' pipes
-            log.exception("draining a spliced body failed")
+        _call(callback)
+
+
+def _call(callback: Callable[[], None]) -> None:
+    try:
+        callback()
+    except Exception:  # one connection's failure must not strand the others' pipes
+        log.exception("draining a spliced body failed")

@@ -132,9 +132,10 @@ def test_later_runs_once_the_loop_turn_is_over() -> None:
     ran: list[str] = []
 
     async def turn() -> None:
-        splicing.later(lambda: ran.append("a"))
-        splicing.later(lambda: 1 / 0)  # logged; the others still run
-        splicing.later(lambda: ran.append("b"))
+        loop = asyncio.get_running_loop()
+        splicing.later(loop, lambda: ran.append("a"))
+        splicing.later(loop, lambda: 1 / 0)  # logged; the others still run
+        splicing.later(loop, lambda: ran.append("b"))
         assert ran == []
         await asyncio.sleep(0)
         assert ran == ["a", "b"]
@@ -156,3 +157,29 @@ def test_only_plain_sockets_are_spliced() -> None:
         tls = Transport({"socket": a, "sslcontext": object()})
         assert splicing.socket_fd(tls) == -1  # type: ignore[arg-type]
         assert splicing.socket_fd(Transport({})) == -1  # type: ignore[arg-type]
+
+
+def test_when_every_pipe_waits_the_oldest_is_sent_on_to_free_one() -> None:
+    order: list[int] = []
+
+    async def turn() -> None:
+        loop = asyncio.get_running_loop()
+        taken = [splicing.take_pipe() for _ in range(splicing._KEEP)]
+        assert all(taken)
+        for i, pipe in enumerate(taken):
+            assert pipe is not None
+
+            def send(i: int = i, pipe: splicing.Pipe = pipe) -> None:
+                order.append(i)
+                splicing.discard(pipe)
+
+            splicing.later(loop, send)
+        live = splicing._live[0]
+        again = splicing.take_pipe()  # no new pipe: the first in line goes now
+        assert again is taken[0] and order == [0] and splicing._live[0] == live
+        assert again is not None
+        splicing.discard(again)
+        await asyncio.sleep(0)
+        assert order == list(range(splicing._KEEP))
+
+    asyncio.run(turn())
