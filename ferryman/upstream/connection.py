@@ -2,8 +2,8 @@
 
 Reads land in one buffer shared by every upstream connection of the worker, and are copied
 out of it at once. While the response's body may be spliced (plain sockets on both sides,
-no body filters), the connection reads a head at a time: a large body then stays in the
-kernel and goes from this socket to the client's without entering Python (see
+no body filter that could take it), the connection reads a head at a time: a large body then
+stays in the kernel and goes from this socket to the client's without entering Python (see
 :mod:`ferryman.server.splicing`).
 """
 
