@@ -131,6 +131,20 @@ class _ParserBase:
         self._in_head = True
 
 
+# Field names as sent, lowered once: the same few names come on every message, and a lookup
+# costs less than lowering (a method call and a new bytes object each time). Bounded, so that
+# a peer inventing names cannot grow it.
+_LOWER: Final[dict[bytes, bytes]] = {}
+_LOWER_MAX: Final = 1024
+
+
+def _lower(name: bytes) -> bytes:
+    lowered = name.lower()
+    if len(_LOWER) < _LOWER_MAX:
+        _LOWER[name] = lowered
+    return lowered
+
+
 def _head_size(start_line: int, headers: HeaderList) -> int:
     return start_line + sum(len(k) + len(v) + 4 for k, v in headers)
 
@@ -158,7 +172,7 @@ class RequestParser(_ParserBase):
             raise ParseError(414, "request-URI too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        self._headers.append((_LOWER.get(name) or _lower(name), value))
 
     def on_headers_complete(self) -> None:
         p = self._parser
@@ -381,7 +395,7 @@ class ResponseParser(_ParserBase):
             self.stray = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        self._headers.append((_LOWER.get(name) or _lower(name), value))
 
     def on_headers_complete(self) -> None:
         p = self._parser

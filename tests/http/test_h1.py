@@ -295,3 +295,21 @@ def test_a_crlf_after_a_passed_body_is_not_stray() -> None:
     parser.expect("GET")
     parser.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 20000\r\n\r\n" + b"c" * 20000 + b"\r\n")
     assert parser.done and not parser.stray and sink.events[-1] == ("end", True)
+
+
+def test_field_names_are_lowered_through_a_bounded_table() -> None:
+    from ferryman.http import h1
+
+    sink = Responses()
+    parser = ResponseParser(sink)
+    heads: list[ResponseHead] = []
+    sink.on_response = heads.append  # type: ignore[method-assign]
+    names = [b"X-Name-%d" % i for i in range(h1._LOWER_MAX + 10)]
+    parser.expect("GET")
+    fields = b"".join(n + b": v\r\n" for n in names[:50])
+    parser.feed(b"HTTP/1.1 204 No Content\r\nContent-TYPE: a\r\n" + fields + b"\r\n")
+    assert [k for k, _ in heads[0].headers][:3] == [b"content-type", b"x-name-0", b"x-name-1"]
+    for name in names:  # a peer inventing names by the thousand
+        h1._lower(name)
+    assert len(h1._LOWER) == h1._LOWER_MAX
+    assert h1._lower(b"New-ONE") == b"new-one"
