@@ -209,6 +209,15 @@ def test_http_proxy_auth_object(env: Env) -> None:
     assert env.log(lambda x: x["target"].endswith("/bob"))[0]["user"] == "bob"
 
 
+def test_large_plain_http_bodies_through_the_forward_proxy(env: Env) -> None:
+    # Spliced from the origin's socket to the client's, like a reverse-proxied body.
+    with requests.Session() as session:
+        for size in (70_000, 3_000_000, 5):
+            url = f"http://api.example.test:{env.port}/big?size={size}"
+            r = session.get(url, proxies={"http": AUTH_PROXY}, timeout=10)
+            assert r.status_code == 200 and r.content == b"x" * size
+
+
 def test_wrong_or_missing_password_gets_407(env: Env) -> None:
     url = f"http://api.example.test:{env.port}/wrong-password"
     for proxy in ("http://alice:nope@127.0.0.1:3128", PROXY, "http://mallory:x@127.0.0.1:3128"):
