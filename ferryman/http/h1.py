@@ -132,15 +132,17 @@ class _ParserBase:
 
 
 # Field names as sent, lowered once: the same few names come on every message, and a lookup
-# costs less than lowering (a method call and a new bytes object each time). Bounded, so that
-# a peer inventing names cannot grow it.
+# costs less than lowering (a method call and a new bytes object each time). Bounded in count
+# and in length (a name is parsed before the head's size is checked), so that a peer
+# inventing names cannot grow it.
 _LOWER: Final[dict[bytes, bytes]] = {}
 _LOWER_MAX: Final = 1024
+_LOWER_LONGEST: Final = 64
 
 
 def _lower(name: bytes) -> bytes:
     lowered = name.lower()
-    if len(_LOWER) < _LOWER_MAX:
+    if len(_LOWER) < _LOWER_MAX and len(name) <= _LOWER_LONGEST:
         _LOWER[name] = lowered
     return lowered
 

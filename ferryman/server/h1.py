@@ -193,8 +193,9 @@ class H1Connection(asyncio.Protocol):
         if self._pipe is not None:
             self._unpipe()  # a finished answer still in its pipe goes before the close
         # A client half-closing after its request still gets the answer (and those of the
-        # requests it pipelined before), then the close: it can send no other request.
-        if self.ctx is not None and self.tunnel is None:
+        # requests it pipelined before), then the close: it can send no other request. One
+        # that stops in the middle of a request body has left: that request can never end.
+        if self.ctx is not None and self.tunnel is None and self._request_done:
             self._client_eof = True
             return True
         return False
@@ -509,8 +510,8 @@ class H1Connection(asyncio.Protocol):
             return 0
         if self._pipe is not None:
             self._unpipe()  # a second fill in one turn: the first goes out before it
-        if transport.get_write_buffer_size():
-            return 0  # bytes the transport holds must leave first
+        if transport.is_closing() or transport.get_write_buffer_size():
+            return 0  # bytes the transport holds must leave first (or it failed)
         pipe = splicing.take_pipe()
         if pipe is None:
             return 0

@@ -43,11 +43,16 @@ class Pipe:
 
     def __init__(self) -> None:
         self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        _live[0] += 1
         try:
-            self.size = fcntl.fcntl(self.w, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-        except OSError:  # over the user's quota of pipe pages: the default size works too
-            self.size = fcntl.fcntl(self.w, fcntl.F_GETPIPE_SZ)
+            try:
+                self.size = fcntl.fcntl(self.w, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+            except OSError:  # over the user's quota of pipe pages: the default size works
+                self.size = fcntl.fcntl(self.w, fcntl.F_GETPIPE_SZ)
+        except OSError:
+            os.close(self.r)
+            os.close(self.w)
+            raise
+        _live[0] += 1
         self.queued = 0  # bytes in the pipe
 
     def close(self) -> None:

@@ -355,6 +355,19 @@ servers:
             s.close()
 
 
+def test_a_client_that_half_closes_inside_its_body_is_let_go(
+    setup: tuple[str, Proc, Proc],
+) -> None:
+    base, _, _ = setup
+    port = int(base.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"POST /cut HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"z" * 10)
+        s.shutdown(socket.SHUT_WR)  # the body can never be whole now
+        t = time.monotonic()
+        assert s.recv(65536) == b""  # closed, not left until the body timeout
+        assert time.monotonic() - t < 3
+
+
 def test_upstream_connection_not_reused_after_an_incomplete_exchange(
     setup: tuple[str, Proc, Proc],
 ) -> None:

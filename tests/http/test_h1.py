@@ -313,3 +313,5 @@ def test_field_names_are_lowered_through_a_bounded_table() -> None:
         h1._lower(name)
     assert len(h1._LOWER) == h1._LOWER_MAX
     assert h1._lower(b"New-ONE") == b"new-one"
+    h1._LOWER.clear()
+    assert h1._lower(b"X" * 65) == b"x" * 65 and not h1._LOWER  # long names are not kept
