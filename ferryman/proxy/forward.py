@@ -191,13 +191,10 @@ class ProxyExchange:
         self._conn = conn
         self._sent_try = True
         ctx = self.ctx
-        # A response body may skip Python when no filter can want to see it: none on the
-        # route, or only filters that leave a body with a Content-Length alone (which of them
+        # A response body may skip Python when no filter can want to see it: the route's
+        # body filters (if any) all leave a body with a Content-Length alone (whether one
         # takes this response is known with its head: splice_body checks).
-        chain = self._route.chain
-        splice = (not chain.on_response_body or chain.body_length_aware) and (
-            self._downstream.can_splice()
-        )
+        splice = self._route.chain.body_length_aware and self._downstream.can_splice()
         conn.attach(self, ctx.method, splice)
         head = self._head
         if not head:

@@ -190,8 +190,7 @@ class H1Connection(asyncio.Protocol):
                     self._internal_error(e)
 
     def eof_received(self) -> bool | None:
-        if self._pipe is not None:
-            self._unpipe()  # a finished answer still in its pipe goes before the close
+        self._unpipe()  # a finished answer still in its pipe goes before the close
         # A client half-closing after its request still gets the answer (and those of the
         # requests it pipelined before), then the close: it can send no other request. One
         # that stops in the middle of a request body has left: that request can never end.
@@ -202,8 +201,7 @@ class H1Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._state = CLOSED
-        if self._pipe is not None:
-            self._unpipe()  # drops what it holds
+        self._unpipe()  # drops what it holds
         self.listener.connections.discard(self)
         self._deadline.close()
         if self.tunnel is not None:
@@ -360,8 +358,7 @@ class H1Connection(asyncio.Protocol):
             self._pending = []
             return
         if self._expect and not self._request_done and self.transport is not None:
-            if self._pipe is not None:
-                self._unpipe()
+            self._unpipe()
             self.transport.write(_CONTINUE)
         self.exchange = route.handler.start(ctx, self)
 
@@ -408,8 +405,7 @@ class H1Connection(asyncio.Protocol):
     def send_interim(self, status: int, headers: HeaderList) -> None:
         ctx = self.ctx
         if ctx is not None and ctx.version == "1.1" and self.transport is not None:
-            if self._pipe is not None:
-                self._unpipe()
+            self._unpipe()
             self.transport.write(response_head(status, headers))
 
     def start_response(self, status: int, headers: HeaderList, length: int | None) -> None:
@@ -454,8 +450,7 @@ class H1Connection(asyncio.Protocol):
     def _send(self, out: list[bytes | memoryview]) -> None:
         """One write for what is queued: a join of small pieces, writev of large ones."""
         assert self.transport is not None
-        if self._pipe is not None:
-            self._unpipe()
+        self._unpipe()
         if len(out) == 1:
             self.transport.write(out[0])
         elif self._gather:
@@ -487,8 +482,7 @@ class H1Connection(asyncio.Protocol):
         if self._chunked:
             self._out.append(b"%x\r\n" % count)
         self.flush()
-        if self._pipe is not None:
-            self._unpipe()
+        self._unpipe()
         await sendfile(transport, fd, offset, count)
         if self._chunked:
             self._out.append(b"\r\n")
@@ -505,13 +499,13 @@ class H1Connection(asyncio.Protocol):
             or self._chunked
             or ctx.method == "HEAD"
             or self._state == CLOSED
-            or transport.is_closing()  # closed, its number may be another socket's already
         ):
             return 0
-        if self._pipe is not None:
-            self._unpipe()  # a second fill in one turn: the first goes out before it
+        self._unpipe()  # a second fill in one turn: the first goes out before it
+        # Closing, its number may be another socket's already; and bytes the transport holds
+        # must leave first.
         if transport.is_closing() or transport.get_write_buffer_size():
-            return 0  # bytes the transport holds must leave first (or it failed)
+            return 0
         pipe = splicing.take_pipe()
         if pipe is None:
             return 0
@@ -597,8 +591,7 @@ class H1Connection(asyncio.Protocol):
         assert ctx is not None and self.transport is not None
         ctx.status = status
         self._started = True
-        if self._pipe is not None:
-            self._unpipe()
+        self._unpipe()
         self.transport.write(response_head(status, headers))
         self._state = TUNNEL
         self._deadline.at = 0.0
@@ -725,8 +718,7 @@ class H1Connection(asyncio.Protocol):
             self._close()
 
     def _close(self) -> None:
-        if self._pipe is not None:
-            self._unpipe()
+        self._unpipe()
         self._state = CLOSED
         if self.transport is not None:
             self.transport.close()

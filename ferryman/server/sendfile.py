@@ -18,13 +18,19 @@ import os
 _RECHECK = 1.0
 
 
-def can_sendfile(transport: asyncio.BaseTransport) -> bool:
+def plain_socket(transport: asyncio.BaseTransport) -> int:
+    """The descriptor of a plain (not TLS) socket transport, or -1: a TLS transport must see
+    the bytes to encrypt them, so the kernel cannot move them for it."""
     if transport.get_extra_info("sslcontext") is not None:
-        return False
+        return -1
     if transport.get_extra_info("ssl_object") is not None:
-        return False
+        return -1
     sock = transport.get_extra_info("socket")
-    return sock is not None and sock.fileno() >= 0
+    return -1 if sock is None else int(sock.fileno())
+
+
+def can_sendfile(transport: asyncio.BaseTransport) -> bool:
+    return plain_socket(transport) >= 0
 
 
 async def sendfile(transport: asyncio.WriteTransport, fd: int, offset: int, count: int) -> None:

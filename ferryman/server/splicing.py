@@ -23,6 +23,8 @@ import termios
 from collections.abc import Callable
 from typing import Final
 
+from ferryman.server.sendfile import plain_socket
+
 # FERRYMAN_NOSPLICE=1 turns it off, like HAProxy's ``nosplice``: a way around a kernel
 # that splices badly, and the other side of a comparison.
 AVAILABLE: Final = hasattr(os, "splice") and os.environ.get("FERRYMAN_NOSPLICE", "") in ("", "0")
@@ -82,14 +84,8 @@ os.register_at_fork(after_in_child=_forget)
 
 
 def socket_fd(transport: asyncio.BaseTransport) -> int:
-    """The descriptor of a plain TCP (or Unix) socket transport, or -1 where its bytes
-    cannot be spliced: TLS must pass through Python to be encrypted or decrypted."""
-    if not AVAILABLE or transport.get_extra_info("sslcontext") is not None:
-        return -1
-    if transport.get_extra_info("ssl_object") is not None:
-        return -1
-    sock = transport.get_extra_info("socket")
-    return -1 if sock is None else int(sock.fileno())
+    """The descriptor to splice to or from, or -1 (TLS, or no splice(2) here)."""
+    return plain_socket(transport) if AVAILABLE else -1
 
 
 def waiting(fd: int) -> int:

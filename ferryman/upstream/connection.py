@@ -113,8 +113,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         else:
             parser.sink = owner
         parser.expect(method)
-        self.splicing = splicing = splice and self._fd >= 0
-        parser.pass_min = _HEAD_READ if splicing else PASS_THROUGH_MIN
+        self.splicing = splice and self._fd >= 0
+        parser.pass_min = _HEAD_READ if self.splicing else PASS_THROUGH_MIN
 
     def expect_data(self, timeout: float) -> None:
         """Time out if no bytes arrive for ``timeout`` seconds (0 stops the clock)."""
@@ -220,14 +220,12 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         # Bytes after the response mean the upstream is out of step. After a full read the
         # loop reads again at once and finds them (unless reading was paused meanwhile);
         # otherwise, ask the socket.
-        ended = taken >= parser.body_left
-        if ended and (drained or not self._reading()):
+        transport = self.transport
+        paused = transport is None or not transport.is_reading()
+        if taken >= parser.body_left and (drained or paused):
             parser.passed(taken, splicing.waiting(self._fd) > 0)
         else:
             parser.passed(taken)
-
-    def _reading(self) -> bool:
-        return self.transport is not None and self.transport.is_reading()
 
     def eof_received(self) -> bool | None:
         return False

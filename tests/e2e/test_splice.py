@@ -107,6 +107,21 @@ def read_chars(pid: int) -> int:
         return next(int(line.split()[1]) for line in fh if line.startswith("rchar"))
 
 
+def talk(base: str, data: bytes, half_close_after: float | None = None) -> bytes:
+    """Send ``data`` on a raw connection (half-closing it after so many seconds when asked),
+    and return all that comes back until the proxy closes."""
+    port = int(base.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        if half_close_after is not None:
+            time.sleep(half_close_after)
+            s.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := s.recv(1 << 20):
+            out += chunk
+    return out
+
+
 def test_bodies_of_every_size_arrive_whole_and_large_ones_skip_python(
     proxied: tuple[str, Proc, RawOrigin],
 ) -> None:
@@ -140,16 +155,11 @@ def test_body_filters_still_see_the_whole_body(proxied: tuple[str, Proc, RawOrig
 
 def test_pipelined_large_responses_keep_their_order(proxied: tuple[str, Proc, RawOrigin]) -> None:
     base, _, _ = proxied
-    port = int(base.rsplit(":", 1)[1])
     sizes = [200_000, 5, 70_000, 1_200_000]
     reqs = b"".join(
         b"GET /p?size=%d&seed=%d HTTP/1.1\r\nHost: x\r\n\r\n" % (n, i) for i, n in enumerate(sizes)
     )
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(reqs + b"GET /p?size=0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        out = b""
-        while chunk := s.recv(1 << 20):
-            out += chunk
+    out = talk(base, reqs + b"GET /p?size=0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     for i, n in enumerate(sizes):
         head, out = out.split(b"\r\n\r\n", 1)
         assert b"content-length: %d" % n in head.lower()
@@ -163,14 +173,9 @@ def test_answers_made_at_once_wait_for_the_spliced_body_before_them(
     # /here is answered by Ferryman in the same turn of the loop as the body before it ends,
     # while that body still waits in its pipe.
     base, _, _ = proxied
-    port = int(base.rsplit(":", 1)[1])
     big = b"GET /b?size=150000&seed=5 HTTP/1.1\r\nHost: x\r\n\r\n"
     here = b"GET /here HTTP/1.1\r\nHost: x\r\n\r\n"
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(big + here + big + here.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
-        out = b""
-        while chunk := s.recv(1 << 20):
-            out += chunk
+    out = talk(base, big + here + big + here.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
     for expected in (pattern(150_000, 5), b"here", pattern(150_000, 5), b"here"):
         head, out = out.split(b"\r\n\r\n", 1)
         assert head.startswith(b"HTTP/1.1 200")
@@ -183,12 +188,7 @@ def test_a_spliced_body_is_sent_whole_before_the_connection_closes(
     proxied: tuple[str, Proc, RawOrigin],
 ) -> None:
     base, _, _ = proxied
-    port = int(base.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(b"GET /c?size=90000&seed=6 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        out = b""
-        while chunk := s.recv(1 << 20):
-            out += chunk
+    out = talk(base, b"GET /c?size=90000&seed=6 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert out.split(b"\r\n\r\n", 1)[1] == pattern(90_000, 6)
 
 
@@ -196,23 +196,12 @@ def test_a_client_that_half_closes_after_its_request_gets_the_whole_body(
     proxied: tuple[str, Proc, RawOrigin],
 ) -> None:
     base, _, _ = proxied
-    port = int(base.rsplit(":", 1)[1])
     for delay in (0.0, 0.001, 0.003):  # the FIN lands before, with or after the answer
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            s.sendall(b"GET /h?size=120000&seed=8 HTTP/1.1\r\nHost: x\r\n\r\n")
-            time.sleep(delay)
-            s.shutdown(socket.SHUT_WR)
-            out = b""
-            while chunk := s.recv(1 << 20):
-                out += chunk
+        out = talk(base, b"GET /h?size=120000&seed=8 HTTP/1.1\r\nHost: x\r\n\r\n", delay)
         assert out.split(b"\r\n\r\n", 1)[1] == pattern(120_000, 8), delay
     # Requests pipelined before the half-close are all answered, then the connection closes.
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(b"".join(b"GET /q?size=%d HTTP/1.1\r\nHost: x\r\n\r\n" % n for n in (80_000, 9)))
-        s.shutdown(socket.SHUT_WR)
-        out = b""
-        while chunk := s.recv(1 << 20):
-            out += chunk
+    reqs = b"".join(b"GET /q?size=%d HTTP/1.1\r\nHost: x\r\n\r\n" % n for n in (80_000, 9))
+    out = talk(base, reqs, 0.0)
     assert out.count(b"HTTP/1.1 200 OK") == 2 and out.endswith(pattern(9))
 
 
