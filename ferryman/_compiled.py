@@ -68,9 +68,13 @@ def _stamp() -> Path:
 
 
 def stamp_text() -> str:
-    """What a build of the sources as they are now records: each module and a hash of its
-    source. setup.py takes it before compiling, so an edit made meanwhile shows."""
-    lines = [f"{m} {hashlib.sha1(source(m).read_bytes()).hexdigest()}" for m in MODULES]
+    """What a build of the sources as they are now records: the interpreter, and each module
+    with a hash of its source. setup.py takes it before compiling, so an edit made meanwhile
+    shows. Another build of the same Python version (a venv remade on another interpreter)
+    shares the extensions' file names but not always their internals: it makes the build
+    stale too."""
+    lines = [f"python {sys.version}"]
+    lines += [f"{m} {hashlib.sha1(source(m).read_bytes()).hexdigest()}" for m in MODULES]
     return "\n".join(lines) + "\n"
 
 

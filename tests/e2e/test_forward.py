@@ -66,7 +66,8 @@ class Env:
         assert self.proxy is not None
         deadline = time.monotonic() + timeout
         while True:
-            lines = self.proxy.stdout().splitlines()
+            # A line still being written is not a record yet.
+            lines = self.proxy.stdout().split("\n")[:-1]
             found = [r for r in map(_parse, lines) if r and predicate(r)]
             if len(found) >= count or time.monotonic() > deadline:
                 return found

@@ -111,13 +111,14 @@ def test_more_special_ranges_are_refused() -> None:
     policy = AddressPolicy([])
     for a, kind in {
         "192.0.0.8": "IETF",
-        "192.0.0.171": "",  # Python already calls some of the /24 private
+        "100.64.0.1": "CGNAT",
         "fec0::1": "site-local",
         "2002:7f00:1::1": "6to4",  # carries 127.0.0.1
         "2002:a00:1::": "6to4",
     }.items():
         reason = policy.check(ipaddress.ip_address(a))
-        assert reason is not None and kind in reason, (a, reason)
+        # Python releases differ on which of these they call private already.
+        assert reason is not None and (kind in reason or "private" in reason), (a, reason)
 
 
 def test_connect_ports_apply_to_socks_connects_too() -> None:
