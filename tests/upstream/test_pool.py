@@ -58,13 +58,17 @@ async def upstream(
     answer = response if response is not None else _ok(b"ok") + extra
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while await reader.readuntil(b"\r\n\r\n"):
-            writer.write(answer)
-            await writer.drain()
-            if close_after is not None:
-                await asyncio.sleep(close_after)
-                writer.close()
-                return
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(answer)
+                await writer.drain()
+                if close_after is not None:
+                    await asyncio.sleep(close_after)
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the pool closed its connection
+        finally:
+            writer.close()
 
     return await asyncio.start_server(serve, "127.0.0.1", 0)
 
