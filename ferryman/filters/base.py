@@ -26,7 +26,7 @@ from typing import Any, ClassVar, cast
 from mypy_extensions import mypyc_attr
 
 from ferryman.context import RequestContext, Response
-from ferryman.http.headers import HeaderList, remove
+from ferryman.http.headers import BODYLESS_STATUS, HeaderList, remove
 
 RequestResult = Response | None | Awaitable[Response | None]
 BodyFilter = Callable[[RequestContext, bytes, bool], bytes]
@@ -167,7 +167,7 @@ class FilterChain:
         redirect, a filter's answer): returns the body to send, its Content-Length set."""
         headers.append((b"content-length", b"%d" % len(body)))
         self.run_response(ctx, status, headers)
-        if self.on_response_body and status not in (204, 304) and ctx.method != "HEAD":
+        if self.on_response_body and status not in BODYLESS_STATUS and ctx.method != "HEAD":
             body_filters = self.body_filters(headers)
             if body_filters:
                 body = self.finish_body(body_filters, ctx, body)

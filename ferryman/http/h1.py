@@ -16,7 +16,7 @@ from typing import Final, Protocol
 
 import httptools
 
-from ferryman.http.headers import UNKNOWN, HeaderList
+from ferryman.http.headers import BODYLESS_STATUS, UNKNOWN, HeaderList
 
 
 class ParseError(Exception):
@@ -424,8 +424,7 @@ class ResponseParser(_ParserBase):
             and status >= 200
             and not self.bodyless
             and not head.chunked
-            and status != 204
-            and status != 304
+            and status not in BODYLESS_STATUS
         ):
             self.body_left = head.content_length
             self._keep = p.should_keep_alive()

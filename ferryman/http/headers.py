@@ -1,4 +1,5 @@
-"""Header lists and the rules about which headers cross a proxy.
+"""Header lists, and the message rules a proxy applies to them (which headers cross it,
+which responses have no body).
 
 Headers are kept as a list of ``(name, value)`` byte pairs with lower-case names, the shape
 HTTP/2 uses on the wire, so the pipeline does not care which protocol a request came in on.
@@ -66,6 +67,10 @@ def connection_tokens(headers: HeaderList) -> set[bytes]:
             tokens.update(t.strip().lower() for t in v.split(b",") if t.strip())
     return tokens - PROTECTED
 
+
+# Statuses whose responses never carry a body, whatever their headers say (RFC 9110 15.3.5,
+# 15.4.5), like every response to HEAD.
+BODYLESS_STATUS: Final = frozenset({204, 304})
 
 # ``connection`` value meaning "not known: look at the headers".
 UNKNOWN: Final = b"\0"

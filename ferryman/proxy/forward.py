@@ -26,7 +26,13 @@ from ferryman.config.schema import ProxyHandler
 from ferryman.context import RequestContext
 from ferryman.filters.base import BodyFilter, FilterChain
 from ferryman.http.h1 import LAST_CHUNK, ResponseHead, chunk, request_head
-from ferryman.http.headers import HOP_BY_HOP, HeaderList, get, strip_hop_by_hop
+from ferryman.http.headers import (
+    BODYLESS_STATUS,
+    HOP_BY_HOP,
+    HeaderList,
+    get,
+    strip_hop_by_hop,
+)
 from ferryman.proxy.api import Downstream, Exchange
 from ferryman.proxy.tunnel import Splice
 from ferryman.server.tasks import spawn
@@ -37,7 +43,6 @@ from ferryman.upstream.peer import Peer
 log = logging.getLogger("ferryman.proxy")
 
 REPLAY_LIMIT: Final = 256 * 1024
-_NO_BODY_STATUS: Final = frozenset({204, 304})
 
 
 class ProxyRoute:
@@ -275,7 +280,7 @@ class ProxyExchange:
         for on_response in chain.on_response:
             on_response(ctx, status, headers)
         length = head.content_length
-        bodyless = status in _NO_BODY_STATUS or ctx.method == "HEAD"
+        bodyless = status in BODYLESS_STATUS or ctx.method == "HEAD"
         self._eof_ends = not bodyless and length is None and not head.chunked
         if not bodyless and chain.on_response_body:
             self._body_filters = chain.body_filters(headers)

@@ -18,7 +18,7 @@ import time
 from ferryman.config.schema import ProxyHandler
 from ferryman.context import RequestContext
 from ferryman.filters.base import BodyFilter, FilterChain
-from ferryman.http.headers import HOP_BY_HOP, HeaderList, strip_hop_by_hop
+from ferryman.http.headers import BODYLESS_STATUS, HOP_BY_HOP, HeaderList, strip_hop_by_hop
 from ferryman.proxy.api import Downstream, Exchange
 from ferryman.server.h2stream import H2Stream
 from ferryman.server.tasks import spawn
@@ -186,7 +186,7 @@ class H2ProxyExchange:
         if not ended:
             self._body_filters = self._route.chain.body_filters(headers)
         length = None if self._body_filters else _content_length(headers)
-        if ended and length and ctx.method != "HEAD" and status not in (204, 304):
+        if ended and length and ctx.method != "HEAD" and status not in BODYLESS_STATUS:
             # A declared length with no body to follow: the client must not wait for it.
             headers[:] = [(k, v) for k, v in headers if k.lower() != b"content-length"]
             headers.append((b"content-length", b"0"))

@@ -28,7 +28,7 @@ from ferryman.http.h1 import (
     chunk,
     response_head,
 )
-from ferryman.http.headers import HeaderList
+from ferryman.http.headers import BODYLESS_STATUS, HeaderList
 from ferryman.proxy.api import Exchange, Tunnel
 from ferryman.routing.table import CompiledRoute, VirtualHost
 from ferryman.server import pipeline, splicing
@@ -44,7 +44,6 @@ HEAD: Final = 1
 BUSY: Final = 2
 TUNNEL: Final = 3
 CLOSED: Final = 4
-_BODYLESS: Final = frozenset({204, 304})
 # Body bytes we read and drop to keep a connection after an early answer.
 _DISCARD_LIMIT: Final = 1 << 20
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -413,7 +412,7 @@ class H1Connection(asyncio.Protocol):
         assert ctx is not None
         ctx.status = status
         self._started = True
-        if length is None and status not in _BODYLESS and ctx.method != "HEAD":
+        if length is None and status not in BODYLESS_STATUS and ctx.method != "HEAD":
             # An unknown length is framed here; a stale Content-Length beside it would make
             # the message ambiguous to whatever reads it next.
             headers[:] = [h for h in headers if h[0] != b"content-length"]

@@ -16,15 +16,13 @@ from h2.errors import ErrorCodes
 from ferryman.context import RequestContext, Response
 from ferryman.filters.base import FilterChain
 from ferryman.http.h2conn import response_block
-from ferryman.http.headers import HeaderList
+from ferryman.http.headers import BODYLESS_STATUS, HeaderList
 from ferryman.proxy.api import Exchange, Tunnel
 from ferryman.routing.table import CompiledRoute, VirtualHost
 from ferryman.server import pipeline
 
 if TYPE_CHECKING:
     from ferryman.server.h2 import H2Server
-
-_BODYLESS = frozenset({204, 304})
 
 
 class H2Stream:
@@ -181,7 +179,7 @@ class H2Stream:
         ctx = self.ctx
         ctx.status = status
         self.started = True
-        self._bodyless = status in _BODYLESS or ctx.method == "HEAD"
+        self._bodyless = status in BODYLESS_STATUS or ctx.method == "HEAD"
         self._head = response_block(status, headers)
 
     def write(self, data: bytes | memoryview) -> None:
