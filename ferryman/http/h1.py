@@ -427,14 +427,13 @@ class ResponseParser(_ParserBase):
             and status not in BODYLESS_STATUS
         ):
             self.body_left = head.content_length
-            self._keep = p.should_keep_alive()
+            self._keep = head.keep_alive
             return
         if self.bodyless and status >= 200:
             # llhttp cannot be told a response answers HEAD: end it here and start a fresh
             # parser for the next response on this connection.
-            keep_alive = p.should_keep_alive()
             self._ended_outside_llhttp()
-            self.sink.on_response_end(keep_alive)
+            self.sink.on_response_end(head.keep_alive)
 
     def on_body(self, body: bytes) -> None:
         if self.done:
